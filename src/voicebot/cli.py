@@ -1,0 +1,124 @@
+"""The ``voicebot`` command: turns flags into settings and starts one coordinating object per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from voicebot.edge.transport import ConnectionSettings, TransportError
+from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
+
+log = logging.getLogger("voicebot")
+
+
+def _connection_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--broker", help="plain MQTT5 broker, mqtt://HOST:PORT (a local mosquitto)")
+    g.add_argument("--endpoint", help="AWS IoT Core data endpoint (mTLS)")
+    g.add_argument("--cert", help="device certificate PEM (with --endpoint)")
+    g.add_argument("--key", help="private key PEM (with --endpoint)")
+    g.add_argument("--ca", help="root CA PEM (with --endpoint)")
+    g.add_argument("--ipc", action="store_true", help="use Greengrass IPC (inside a Greengrass component)")
+    g.add_argument("--thing", default="dev-device", help="thing name (the device's identity in every topic)")
+    g.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, help="first level of every topic (default voicebot)")
+
+
+def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
+    if not (args.broker or args.endpoint or args.ipc):
+        raise SystemExit("give --broker mqtt://HOST:PORT, --endpoint HOST --cert PEM --key PEM, or --ipc")
+    return ConnectionSettings(broker=args.broker, endpoint=args.endpoint, cert=args.cert, key=args.key, ca=args.ca,
+                              ipc=args.ipc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="voicebot", description="Korean voice-to-voice assistant for Greengrass devices")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="one full voice turn on the embedded local stack")
+    src = demo.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="the question, as if transcribed")
+    src.add_argument("--audio", type=Path, help="a WAV file with the spoken question (recognised with Vosk)")
+    demo.add_argument("--out", type=Path, default=Path("out"), help="where reply.wav and history go (default out/)")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+    demo.add_argument("--llm", default="auto", choices=["auto", "bedrock", "llamacpp", "loopback"])
+    demo.add_argument("--thing", default="demo-device")
+    demo.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT)
+
+    player = sub.add_parser("player", help="run the voice-player component (dev mode)")
+    _connection_flags(player)
+    player.add_argument("--sink", default="device", help="device[:NAME] | wav:PATH | null")
+    player.add_argument("--gap-timeout", type=float, default=3.0, help="seconds to wait for a missing sentence")
+    player.add_argument("--volume", type=float, default=1.0)
+
+    return parser
+
+
+def _run_until_signal(main) -> None:
+    """Run an async component until SIGINT/SIGTERM, then let it clean up."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from voicebot.cloud.llm import LlmSettings
+    from voicebot.local.demo import DemoError, DemoSettings, run_demo
+
+    settings = DemoSettings(out_dir=args.out, thing=args.thing, topic_root=args.topic_root,
+                            llm=LlmSettings(backend=args.llm))
+    try:
+        summary = run_demo(text=args.text, audio=args.audio, settings=settings,
+                           echo=(lambda s: print(s, file=sys.stderr)) if args.json else print)
+    except DemoError as exc:
+        print(f"voicebot demo: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def cmd_player(args: argparse.Namespace) -> int:
+    from voicebot.edge.audio import open_sink
+    from voicebot.edge.player import Player, PlayerSettings
+    from voicebot.edge.transport import connect
+
+    transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}")
+    sink = open_sink(args.sink)
+    player = Player(transport, Topics(args.topic_root, args.thing), sink,
+                    PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume))
+    try:
+        _run_until_signal(player.run)
+    finally:
+        sink.close()
+        transport.close()
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "player": cmd_player}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except TransportError as exc:
+        print(f"voicebot {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

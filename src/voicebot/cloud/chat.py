@@ -1,0 +1,163 @@
+"""Chat: a finished utterance in, the answer out sentence by sentence while the model is still writing.
+
+``answer_transcript`` is the whole logic, a plain function: the Lambda handler (cloud/lambdas/chat) and the local rules
+engine both call it with the event an IoT rule delivers (the transcript's fields plus ``thing`` from ``topic(2)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import textwrap
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from voicebot.cloud.history import HistoryStore, Turn
+from voicebot.cloud.llm import SYSTEM_PROMPT
+from voicebot.cloud.publish import Publisher, send, send_error
+from voicebot.protocol import (
+    DEFAULT_TOPIC_ROOT,
+    MAX_SENTENCE_CHARS,
+    MAX_TRANSCRIPT_CHARS,
+    AnswerMessage,
+    ChatEvent,
+    ProtocolError,
+    Topics,
+    decode,
+    now_ms,
+)
+from voicebot.sentences import SentenceSplitter
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "죄송해요, 지금은 답변을 드리기 어려워요. 잠시 후에 다시 말씀해 주세요."
+TOO_LONG = "질문이 너무 길어요. 조금 짧게 다시 말씀해 주세요."
+
+PROMPT = ChatPromptTemplate.from_messages(
+    [("system", "{system}"), MessagesPlaceholder("history"), ("human", "{question}")]
+)
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    topic_root: str = DEFAULT_TOPIC_ROOT
+    history_turns: int = 6
+    """Earlier turns the model sees (one DynamoDB query / SQLite select, bounded)."""
+    max_question_chars: int = MAX_TRANSCRIPT_CHARS
+    deadline_s: float = 25.0
+    """Give up on the model after this long and apologise instead (the device must always say something)."""
+    system_prompt: str = SYSTEM_PROMPT
+
+
+@dataclass
+class ChatDeps:
+    model: BaseChatModel
+    history: HistoryStore
+    publisher: Publisher
+    settings: ChatSettings = field(default_factory=ChatSettings)
+
+
+@dataclass
+class ChatOutcome:
+    thing: str
+    request_id: str
+    sentences: list[str]
+    error: str | None = None
+
+
+def build_messages(system_prompt: str, history: list[Turn], question: str) -> list[BaseMessage]:
+    past: list[BaseMessage] = []
+    for turn in history:
+        past += [HumanMessage(turn.question), AIMessage(turn.answer)]
+    return PROMPT.format_messages(system=system_prompt, history=past, question=question)
+
+
+class AnswerStream:
+    """Publishes answer sentences for one request with ``seq`` 0..n; the final one carries ``last``."""
+
+    def __init__(self, publisher: Publisher, topics: Topics, request_id: str) -> None:
+        self.publisher = publisher
+        self.topics = topics
+        self.request_id = request_id
+        self.seq = 0
+        self.sentences: list[str] = []
+        self.closed = False
+
+    def send(self, sentence: str, *, last: bool = False) -> None:
+        pieces = textwrap.wrap(sentence, MAX_SENTENCE_CHARS) or [""]
+        for i, piece in enumerate(pieces):
+            is_last = last and i == len(pieces) - 1
+            send(self.publisher, self.topics.answer,
+                 AnswerMessage(request_id=self.request_id, seq=self.seq, text=piece, last=is_last))
+            self.seq += 1
+            if piece:
+                self.sentences.append(piece)
+        self.closed = last
+
+    def close(self) -> None:
+        """End the answer when its final sentence already went out without ``last`` (an empty closing message)."""
+        if not self.closed:
+            self.send("", last=True)
+
+
+def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome | None:
+    """Answer one completed transcript. Never raises for bad input or a failing model: it reports and apologises."""
+    settings = deps.settings
+    thing = event.get("thing")
+    if not isinstance(thing, str) or not thing:
+        log.error("chat: event has no thing from topic(2); is the rule SQL right? (dropped)")
+        return None
+    topics = Topics(settings.topic_root, thing)
+    raw_id = event.get("requestId")
+    request_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= 64 else None
+    try:
+        message = decode(ChatEvent, dict(event))
+    except ProtocolError as exc:
+        log.warning("chat: bad transcript from %s: %s", thing, exc)
+        send_error(deps.publisher, topics, source="chat", request_id=request_id, detail=f"bad transcript: {exc}")
+        if exc.field == "text" and request_id:
+            AnswerStream(deps.publisher, topics, request_id).send(TOO_LONG, last=True)
+        return None
+
+    question = message.text.strip()
+    out = AnswerStream(deps.publisher, topics, message.request_id)
+    if not question:
+        log.info("chat: empty transcript %s from %s; nothing to answer", message.request_id, thing)
+        send_error(deps.publisher, topics, source="chat", request_id=message.request_id, detail="empty transcript")
+        return None
+    if len(question) > settings.max_question_chars:
+        log.warning("chat: question of %d characters from %s refused", len(question), thing)
+        send_error(deps.publisher, topics, source="chat", request_id=message.request_id,
+                   detail=f"question of {len(question)} characters is over the {settings.max_question_chars} limit")
+        out.send(TOO_LONG, last=True)
+        return ChatOutcome(thing, message.request_id, out.sentences, "question too long")
+
+    history = deps.history.recent(thing, settings.history_turns)
+    messages = build_messages(settings.system_prompt, history, question)
+    splitter = SentenceSplitter()
+    try:
+        deadline = time.monotonic() + settings.deadline_s
+        for chunk in deps.model.stream(messages):
+            for sentence in splitter.feed(chunk.text):
+                out.send(sentence)  # the moment it is complete: the device starts speaking now
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model did not finish within {settings.deadline_s:.0f} s")
+        rest = splitter.flush()
+        for i, sentence in enumerate(rest):
+            out.send(sentence, last=i == len(rest) - 1)
+        if not out.sentences:
+            raise RuntimeError("model returned no speakable text")
+        out.close()
+    except Exception as exc:  # any model failure: report it, then apologise so the device still says something
+        log.error("chat: model failed for %s/%s: %s", thing, message.request_id, exc)
+        send_error(deps.publisher, topics, source="chat", request_id=message.request_id, detail=f"model failed: {exc}")
+        out.send(APOLOGY, last=True)
+        return ChatOutcome(thing, message.request_id, out.sentences, str(exc))
+
+    deps.history.append(thing, Turn(message.request_id, question, " ".join(out.sentences), now_ms()))
+    return ChatOutcome(thing, message.request_id, out.sentences)

@@ -1,0 +1,102 @@
+"""Conversation history per device: SQLite locally, DynamoDB in the cloud. Both behind ``HistoryStore``."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One question and its answer."""
+
+    request_id: str
+    question: str
+    answer: str
+    ts: int  # epoch ms
+
+
+class HistoryStore(Protocol):
+    def recent(self, thing: str, limit: int) -> list[Turn]:
+        """The last ``limit`` turns of ``thing``, oldest first."""
+
+    def append(self, thing: str, turn: Turn) -> None: ...
+
+
+def sort_key(turn: Turn) -> str:
+    """Time-ordered and unique even for two turns in the same millisecond."""
+    return f"{turn.ts:013d}#{turn.request_id}"
+
+
+class SqliteHistory:
+    """History in one SQLite file (the embedded default). Safe to share between threads."""
+
+    def __init__(self, path: str | Path, *, keep_days: int = 7) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.keep_ms = keep_days * 86_400_000
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False)
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS turns (thing TEXT NOT NULL, turn TEXT NOT NULL, request_id TEXT NOT NULL,"
+            " question TEXT NOT NULL, answer TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (thing, turn))"
+        )
+        self._db.commit()
+
+    def recent(self, thing: str, limit: int) -> list[Turn]:
+        if limit <= 0:
+            return []
+        oldest = int(time.time() * 1000) - self.keep_ms
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT request_id, question, answer, ts FROM turns WHERE thing = ? AND ts >= ?"
+                " ORDER BY turn DESC LIMIT ?",
+                (thing, oldest, limit),
+            ).fetchall()
+        return [Turn(*row) for row in reversed(rows)]
+
+    def append(self, thing: str, turn: Turn) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO turns VALUES (?, ?, ?, ?, ?, ?)",
+                (thing, sort_key(turn), turn.request_id, turn.question, turn.answer, turn.ts),
+            )
+            self._db.execute("DELETE FROM turns WHERE ts < ?", (int(time.time() * 1000) - self.keep_ms,))
+            self._db.commit()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class DynamoHistory:
+    """History in DynamoDB: partition key ``thing``, sort key ``turn`` (time#requestId), TTL ``expires_at``."""
+
+    def __init__(self, table: Any, *, keep_days: int = 7) -> None:
+        self.table = table  # boto3 Table resource
+        self.keep_days = keep_days
+
+    def recent(self, thing: str, limit: int) -> list[Turn]:
+        if limit <= 0:
+            return []
+        from boto3.dynamodb.conditions import Key
+
+        # One query, newest first, bounded: the cost does not grow with the length of the conversation.
+        resp = self.table.query(
+            KeyConditionExpression=Key("thing").eq(thing), ScanIndexForward=False, Limit=limit,
+            ProjectionExpression="request_id, question, answer, ts, expires_at",
+        )
+        now = int(time.time())
+        items = [i for i in resp.get("Items", []) if int(i.get("expires_at", now + 1)) > now]
+        return [Turn(str(i["request_id"]), str(i["question"]), str(i["answer"]), int(i["ts"])) for i in reversed(items)]
+
+    def append(self, thing: str, turn: Turn) -> None:
+        self.table.put_item(Item={
+            "thing": thing, "turn": sort_key(turn), "request_id": turn.request_id, "question": turn.question,
+            "answer": turn.answer, "ts": turn.ts, "expires_at": turn.ts // 1000 + self.keep_days * 86_400,
+        })

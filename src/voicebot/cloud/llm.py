@@ -1,0 +1,161 @@
+"""The language model slot, behind LangChain's chat-model interface.
+
+* ``bedrock``: Claude Haiku 4.5 on Amazon Bedrock through ``langchain-aws`` (``ChatBedrockConverse``), streaming.
+* ``llamacpp``: a local GGUF file through llama.cpp (optional extra ``voicebot[llamacpp]``).
+* ``loopback``: an offline responder that streams a short Korean reply built from the question and says plainly that
+  it is the offline responder. ``auto`` picks Bedrock when AWS credentials exist, else a configured GGUF, else this.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_ID = "global.anthropic.claude-haiku-4-5-20251001-v1:0"
+DEFAULT_REGION = "ap-northeast-2"
+SYSTEM_PROMPT = (
+    "다음은 Human과 Assistant의 친근한 대화입니다. 빠른 대화를 위해 답변은 짧고 정확하게 핵심만 얘기합니다. "
+    "필요시 2문장으로 답변할 수 있으나 가능한 1문장으로 답변합니다."
+)
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    backend: str = "auto"
+    """auto | bedrock | llamacpp | loopback"""
+    model_id: str = DEFAULT_MODEL_ID
+    region: str = DEFAULT_REGION
+    temperature: float = 0.3
+    max_tokens: int = 300
+    """Answers are one or two spoken sentences; a small cap keeps latency and cost down."""
+    timeout_s: float = 20.0
+    gguf_path: str | None = None
+
+    @classmethod
+    def from_env(cls) -> LlmSettings:
+        return cls(
+            backend=os.environ.get("VOICEBOT_LLM", "auto"),
+            model_id=os.environ.get("MODEL_ID", DEFAULT_MODEL_ID),
+            region=os.environ.get("AWS_REGION", os.environ.get("AWS_DEFAULT_REGION", DEFAULT_REGION)),
+            gguf_path=os.environ.get("VOICEBOT_GGUF") or None,
+        )
+
+
+_TOKEN = re.compile(r"\S+\s*|\s+")
+
+
+class LoopbackChatModel(BaseChatModel):
+    """Offline responder: streams a reply word by word, like a real model would token by token.
+
+    With ``answer`` set it streams that fixed text (the benchmark's synthetic model); otherwise it builds a short,
+    honest reply from the question and the history it was given.
+    """
+
+    answer: str | None = None
+    first_token_delay_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+    @property
+    def _llm_type(self) -> str:
+        return "voicebot-loopback"
+
+    def reply_for(self, messages: list[BaseMessage]) -> str:
+        if self.answer is not None:
+            return self.answer
+        questions = [m.content for m in messages if isinstance(m, HumanMessage)]
+        question = str(questions[-1]).strip() if questions else ""
+        parts = [f"저는 오프라인 응답기입니다. “{question}”라고 말씀하셨어요."]
+        if len(questions) > 1:
+            parts.append(f"앞에서는 “{str(questions[-2]).strip()}”에 대해 이야기했지요.")
+        parts.append("클라우드 모델을 연결하면 제대로 답해 드릴게요.")
+        return " ".join(parts)
+
+    def _stream(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        text = self.reply_for(messages)
+        if self.first_token_delay_s:
+            time.sleep(self.first_token_delay_s)  # simulated time-to-first-token
+        for i, token in enumerate(_TOKEN.findall(text)):
+            if self.tokens_per_s and i:
+                time.sleep(1.0 / self.tokens_per_s)  # simulated generation speed
+            chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))
+            if run_manager:
+                run_manager.on_llm_new_token(token, chunk=chunk)
+            yield chunk
+
+    def _generate(
+        self, messages: list[BaseMessage], stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any,
+    ) -> ChatResult:
+        text = "".join(c.text for c in self._stream(messages, stop, run_manager, **kwargs))
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
+
+
+def bedrock_model(settings: LlmSettings, *, client: Any = None) -> BaseChatModel:
+    from botocore.config import Config
+    from langchain_aws import ChatBedrockConverse
+
+    config = Config(
+        retries={"mode": "adaptive", "max_attempts": 3},
+        connect_timeout=5, read_timeout=max(5, int(settings.timeout_s)),
+    )
+    kwargs: dict[str, Any] = dict(
+        model=settings.model_id, region_name=settings.region, temperature=settings.temperature,
+        max_tokens=settings.max_tokens, disable_streaming=False, config=config,
+    )
+    if client is not None:
+        kwargs["client"] = client
+    return ChatBedrockConverse(**kwargs)
+
+
+def llamacpp_model(settings: LlmSettings) -> BaseChatModel:
+    try:
+        from langchain_community.chat_models import ChatLlamaCpp
+    except ImportError as exc:
+        raise RuntimeError("the llama.cpp backend needs `pip install 'voicebot[llamacpp]'`") from exc
+    if not settings.gguf_path or not os.path.exists(settings.gguf_path):
+        raise RuntimeError(f"GGUF model file not found: {settings.gguf_path!r} (set VOICEBOT_GGUF)")
+    return ChatLlamaCpp(model_path=settings.gguf_path, temperature=settings.temperature,
+                        max_tokens=settings.max_tokens, streaming=True, verbose=False)
+
+
+def aws_credentials_available() -> bool:
+    try:
+        import boto3
+
+        return boto3.Session().get_credentials() is not None
+    except Exception:
+        return False
+
+
+def build_chat_model(settings: LlmSettings) -> tuple[BaseChatModel, str]:
+    """The chat model for these settings and a short name of the backend that was chosen."""
+    backend = settings.backend
+    if backend == "auto":
+        if aws_credentials_available():
+            backend = "bedrock"
+        elif settings.gguf_path:
+            backend = "llamacpp"
+        else:
+            backend = "loopback"
+    if backend == "bedrock":
+        return bedrock_model(settings), f"bedrock:{settings.model_id}"
+    if backend == "llamacpp":
+        return llamacpp_model(settings), f"llamacpp:{os.path.basename(settings.gguf_path or '')}"
+    if backend == "loopback":
+        return LoopbackChatModel(), "loopback (offline responder)"
+    raise ValueError(f"unknown LLM backend {backend!r} (auto, bedrock, llamacpp or loopback)")

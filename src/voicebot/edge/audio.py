@@ -1,0 +1,167 @@
+"""Audio at the edges of the device: decoding received sentences, and the sinks the player writes to.
+
+Sinks play 16-bit mono PCM in small blocks so that a stop (a newer request, the stop word) takes effect at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from voicebot.protocol import SentenceAudio
+
+log = logging.getLogger(__name__)
+
+BLOCK_SECONDS = 0.02
+
+
+class AudioError(RuntimeError):
+    pass
+
+
+def decode_sentence(sentence: SentenceAudio) -> tuple[np.ndarray, int]:
+    """A sentence's audio as int16 mono samples and their rate (OGG Vorbis, WAV or raw 16-bit PCM)."""
+    if not sentence.data:
+        return np.zeros(0, dtype=np.int16), sentence.sample_rate
+    if sentence.format == "pcm_s16le":
+        even = sentence.data[: len(sentence.data) // 2 * 2]
+        return np.frombuffer(even, dtype="<i2").astype(np.int16), sentence.sample_rate
+    import soundfile as sf
+
+    try:
+        samples, rate = sf.read(io.BytesIO(sentence.data), dtype="int16", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise AudioError(f"cannot decode {sentence.format} audio of seq {sentence.seq}: {exc}") from exc
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1).astype(np.int16)
+    return mono, int(rate)
+
+
+def to_rate(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target or samples.size == 0:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target)
+
+
+def apply_volume(samples: np.ndarray, volume: float) -> np.ndarray:
+    if volume >= 0.999:
+        return samples
+    return np.clip(samples.astype(np.float32) * max(0.0, volume), -32768, 32767).astype(np.int16)
+
+
+class AudioSink(Protocol):
+    sample_rate: int
+    seconds_played: float
+
+    async def play(self, samples: np.ndarray) -> None:
+        """Play int16 mono samples at ``sample_rate``. Cancelling the task stops within one block."""
+
+    def close(self) -> None: ...
+
+
+def _blocks(samples: np.ndarray, rate: int):
+    step = max(1, int(rate * BLOCK_SECONDS))
+    for i in range(0, len(samples), step):
+        yield samples[i : i + step]
+
+
+class NullSink:
+    """Plays nothing, but takes as long as the audio lasts (for benchmarks and headless runs)."""
+
+    def __init__(self, *, sample_rate: int = 16_000, realtime: bool = True) -> None:
+        self.sample_rate = sample_rate
+        self.realtime = realtime
+        self.seconds_played = 0.0
+
+    async def play(self, samples: np.ndarray) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, block in enumerate(_blocks(samples, self.sample_rate)):
+            self.seconds_played += len(block) / self.sample_rate
+            if self.realtime:
+                # Pace against the clock, not per block, so the total duration does not drift.
+                await asyncio.sleep(max(0.0, start + (i + 1) * BLOCK_SECONDS - loop.time()))
+
+    def close(self) -> None:
+        pass
+
+
+class WavSink:
+    """Writes exactly what was played, in order, to a 16-bit mono WAV file."""
+
+    def __init__(self, path: str | Path, *, sample_rate: int = 16_000, realtime: bool = False) -> None:
+        import soundfile as sf
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.sample_rate = sample_rate
+        self.realtime = realtime
+        self.seconds_played = 0.0
+        self._file = sf.SoundFile(str(self.path), mode="w", samplerate=sample_rate, channels=1, subtype="PCM_16")
+        self._pacer = NullSink(sample_rate=sample_rate, realtime=True) if realtime else None
+
+    async def play(self, samples: np.ndarray) -> None:
+        for block in _blocks(samples, self.sample_rate):
+            self._file.write(block)
+            self.seconds_played += len(block) / self.sample_rate
+            if self._pacer:
+                await self._pacer.play(block)
+            else:
+                await asyncio.sleep(0)  # a cancellation point between blocks
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class SoundDeviceSink:
+    """A real speaker through PortAudio (sounddevice). ``device`` is a name fragment or an index."""
+
+    def __init__(self, device: str | int | None = None, *, sample_rate: int | None = None) -> None:
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio missing
+            raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
+        self._sd = sd
+        if isinstance(device, str) and device.isdigit():
+            device = int(device)
+        try:
+            info = sd.query_devices(device, "output")
+        except (ValueError, sd.PortAudioError) as exc:
+            names = [d["name"] for d in sd.query_devices() if d["max_output_channels"] > 0]
+            raise AudioError(f"no output device {device!r}; available: {names}") from exc
+        self.sample_rate = int(sample_rate or info["default_samplerate"])
+        self.seconds_played = 0.0
+        self._stream = sd.RawOutputStream(samplerate=self.sample_rate, channels=1, dtype="int16", device=device,
+                                          blocksize=int(self.sample_rate * BLOCK_SECONDS))
+        self._stream.start()
+
+    async def play(self, samples: np.ndarray) -> None:
+        for block in _blocks(samples, self.sample_rate):
+            await asyncio.to_thread(self._stream.write, block.tobytes())
+            self.seconds_played += len(block) / self.sample_rate
+
+    def close(self) -> None:
+        self._stream.stop()
+        self._stream.close()
+
+
+def open_sink(spec: str) -> AudioSink:
+    """``device[:NAME]``, ``wav:PATH`` or ``null`` (as on the command line)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "device":
+        return SoundDeviceSink(arg or None)
+    if kind == "wav":
+        if not arg:
+            raise AudioError("wav sink needs a path: --sink wav:PATH")
+        return WavSink(arg)
+    if kind == "null":
+        return NullSink()
+    raise AudioError(f"unknown sink {spec!r} (device[:NAME], wav:PATH or null)")

@@ -1,0 +1,284 @@
+"""Message transports behind one small interface: publish bytes with QoS, subscribe with a callback, close.
+
+* ``Mqtt5Transport``: MQTT5 through awscrt, plain TCP to a local broker or mTLS to AWS IoT Core.
+* ``IpcTransport``: Greengrass IPC (``GreengrassCoreIPCClientV2``); device-local topics go over local pub/sub,
+  everything else to IoT Core through the nucleus's own connection.
+
+Callbacks run on SDK threads. Components hand them off to their asyncio loop with ``handoff_to_loop``.
+Reconnecting is the transport's job alone: awscrt's MQTT5 client reconnects with capped exponential backoff, and this
+module re-subscribes whenever a reconnect did not resume the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlparse
+
+from voicebot.protocol import is_device_local, topic_matches
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes], None]
+
+
+class TransportError(RuntimeError):
+    pass
+
+
+@runtime_checkable
+class Transport(Protocol):
+    def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
+        """Send one message. Thread-safe. The future completes when the message is acknowledged (QoS1) or sent."""
+
+    def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
+        """Receive messages matching ``topic_filter``. ``handler(topic, payload)`` runs on an SDK thread."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How to reach the message broker: ``broker`` for plain MQTT5, or ``endpoint``+``cert``+``key`` for IoT Core."""
+
+    broker: str | None = None
+    """``mqtt://HOST:PORT`` of a plain MQTT5 broker (a local mosquitto)."""
+    endpoint: str | None = None
+    """AWS IoT Core data endpoint (``xxxx-ats.iot.<region>.amazonaws.com``)."""
+    cert: str | None = None
+    key: str | None = None
+    ca: str | None = None
+    ipc: bool = False
+    """Use Greengrass IPC (inside a Greengrass component)."""
+
+
+def handoff_to_loop(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, bytes]]) -> MessageHandler:
+    """A transport callback that only hands the message to the asyncio loop (SDK threads must not do the work)."""
+
+    def handler(topic: str, payload: bytes) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, (topic, payload))
+
+    return handler
+
+
+def publish_and_wait(transport: Transport, topic: str, payload: bytes, qos: int, timeout: float = 10.0) -> None:
+    """Blocking publish, for synchronous callers such as the handlers in the local rules engine."""
+    transport.publish(topic, payload, qos).result(timeout=timeout)
+
+
+@dataclass
+class _Subscription:
+    topic_filter: str
+    qos: int
+    handler: MessageHandler
+
+
+@dataclass
+class _Subscriptions:
+    items: list[_Subscription] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, sub: _Subscription) -> None:
+        with self.lock:
+            self.items.append(sub)
+
+    def dispatch(self, topic: str, payload: bytes) -> None:
+        with self.lock:
+            handlers = [s.handler for s in self.items if topic_matches(s.topic_filter, topic)]
+        for handler in handlers:
+            try:
+                handler(topic, payload)
+            except Exception:  # a bad handler must not take the connection down
+                log.exception("message handler for %s failed", topic)
+
+
+class Mqtt5Transport:
+    """MQTT5 client (awscrt). Plain TCP when ``broker`` is given, mTLS to IoT Core when ``endpoint`` is given."""
+
+    def __init__(self, settings: ConnectionSettings, *, client_id: str | None = None, connect_timeout: float = 15.0):
+        from awscrt import io, mqtt5
+
+        self._mqtt5 = mqtt5
+        self._subs = _Subscriptions()
+        self._connected = threading.Event()
+        self._closed = False
+        client_id = client_id or f"voicebot-{uuid.uuid4().hex[:12]}"
+        connect = mqtt5.ConnectPacket(client_id=client_id, keep_alive_interval_sec=60)
+        common = dict(
+            connect_options=connect,
+            session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
+            offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType.FAIL_QOS0_PUBLISH_ON_DISCONNECT,
+            min_reconnect_delay_ms=250,
+            max_reconnect_delay_ms=30_000,
+            on_publish_callback_fn=self._on_publish,
+            on_lifecycle_event_connection_success_fn=self._on_connected,
+            on_lifecycle_event_connection_failure_fn=self._on_connect_failure,
+            on_lifecycle_event_disconnection_fn=self._on_disconnected,
+        )
+        if settings.endpoint:
+            if not (settings.cert and settings.key):
+                raise TransportError("--endpoint needs --cert and --key (and usually --ca)")
+            tls = io.TlsContextOptions.create_client_with_mtls_from_path(settings.cert, settings.key)
+            if settings.ca:
+                tls.override_default_trust_store_from_path(None, settings.ca)
+            self.description = f"IoT Core {settings.endpoint}"
+            options = mqtt5.ClientOptions(
+                host_name=settings.endpoint, port=8883, tls_ctx=io.ClientTlsContext(tls), **common
+            )
+        else:
+            url = urlparse(settings.broker or "mqtt://127.0.0.1:1883")
+            if url.scheme not in ("mqtt", "tcp"):
+                raise TransportError(f"unsupported broker URL {settings.broker!r} (use mqtt://HOST:PORT)")
+            self.description = f"mqtt://{url.hostname}:{url.port or 1883}"
+            options = mqtt5.ClientOptions(host_name=url.hostname or "127.0.0.1", port=url.port or 1883, **common)
+        self._client = mqtt5.Client(options)
+        self._client.start()
+        if not self._connected.wait(connect_timeout):
+            self._client.stop()
+            raise TransportError(f"could not connect to {self.description} within {connect_timeout:.0f} s")
+
+    # -- SDK callbacks (SDK threads) ---------------------------------------------------------------------------------
+
+    def _on_publish(self, data) -> None:  # PublishReceivedData
+        packet = data.publish_packet
+        self._subs.dispatch(packet.topic, bytes(packet.payload or b""))
+
+    def _on_connected(self, data) -> None:  # LifecycleConnectSuccessData
+        resumed = bool(data.connack_packet and data.connack_packet.session_present)
+        if self._connected.is_set():
+            log.info("reconnected to %s (session %s)", self.description, "resumed" if resumed else "new")
+        self._connected.set()
+        if not resumed:
+            with self._subs.lock:
+                subs = list(self._subs.items)
+            for sub in subs:
+                self._send_subscribe(sub)
+
+    def _on_connect_failure(self, data) -> None:
+        log.warning("connection to %s failed: %s (retrying)", self.description, data.exception)
+
+    def _on_disconnected(self, data) -> None:
+        if not self._closed:
+            log.warning("disconnected from %s: %s (reconnecting)", self.description, data.exception)
+
+    # -- Transport ---------------------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
+        mqtt5 = self._mqtt5
+        packet = mqtt5.PublishPacket(
+            topic=topic, payload=payload, qos=mqtt5.QoS(qos),
+            payload_format_indicator=mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8,
+        )
+        return _map_future(self._client.publish(packet), lambda _: None)
+
+    def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
+        sub = _Subscription(topic_filter, qos, handler)
+        self._subs.add(sub)
+        suback = self._send_subscribe(sub).result(timeout=15)
+        codes = [int(c) for c in suback.reason_codes]
+        if any(c >= 0x80 for c in codes):
+            raise TransportError(f"subscription to {topic_filter} refused by {self.description} (reason {codes})")
+
+    def _send_subscribe(self, sub: _Subscription):
+        mqtt5 = self._mqtt5
+        subscription = mqtt5.Subscription(topic_filter=sub.topic_filter, qos=mqtt5.QoS(sub.qos))
+        packet = mqtt5.SubscribePacket(subscriptions=[subscription])
+        return self._client.subscribe(packet)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._client.stop()
+
+
+def _map_future(source: Future, fn: Callable) -> Future:
+    target: Future = Future()
+
+    def done(f: Future) -> None:
+        exc = f.exception()
+        if exc is not None:
+            target.set_exception(exc)
+        else:
+            target.set_result(fn(f.result()))
+
+    source.add_done_callback(done)
+    return target
+
+
+class IpcTransport:
+    """Greengrass IPC. IoT Core topics through ``*_iot_core``; device-local topics through local pub/sub."""
+
+    def __init__(self, client=None) -> None:
+        if client is None:
+            from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+            try:
+                client = GreengrassCoreIPCClientV2()
+            except Exception as exc:  # the SDK raises plain exceptions when the Greengrass env vars are missing
+                raise TransportError(f"cannot connect to Greengrass IPC (not running under Greengrass?): {exc}") from exc
+        self.client = client
+        self.description = "Greengrass IPC"
+        self._operations: list = []
+
+    def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
+        if is_device_local(topic):
+            from awsiot.greengrasscoreipc.model import BinaryMessage, PublishMessage
+
+            message = PublishMessage(binary_message=BinaryMessage(message=payload))
+            return _map_future(self.client.publish_to_topic_async(topic=topic, publish_message=message), lambda _: None)
+        return _map_future(
+            self.client.publish_to_iot_core_async(topic_name=topic, qos=_ipc_qos(qos), payload=payload), lambda _: None
+        )
+
+    def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
+        def on_error(exc: Exception) -> bool:
+            log.warning("IPC subscription %s error: %s", topic_filter, exc)
+            return False  # keep the stream open
+
+        if is_device_local(topic_filter):
+
+            def on_local(event) -> None:  # SubscriptionResponseMessage
+                msg = event.binary_message
+                if msg is not None:
+                    topic = msg.context.topic if msg.context else topic_filter
+                    handler(topic, bytes(msg.message))
+
+            _, op = self.client.subscribe_to_topic(topic=topic_filter, on_stream_event=on_local, on_stream_error=on_error)
+        else:
+
+            def on_iot(event) -> None:  # IoTCoreMessage
+                handler(event.message.topic_name, bytes(event.message.payload))
+
+            _, op = self.client.subscribe_to_iot_core(
+                topic_name=topic_filter, qos=_ipc_qos(qos), on_stream_event=on_iot, on_stream_error=on_error
+            )
+        self._operations.append(op)
+
+    def close(self) -> None:
+        for op in self._operations:
+            try:
+                op.close()
+            except Exception as exc:
+                log.debug("closing IPC stream: %s", exc)
+        self._operations.clear()
+        self.client.close()
+
+
+def _ipc_qos(qos: int) -> str:
+    from awsiot.greengrasscoreipc.model import QOS
+
+    return QOS.AT_LEAST_ONCE if qos else QOS.AT_MOST_ONCE
+
+
+def connect(settings: ConnectionSettings, *, client_id: str | None = None) -> Transport:
+    """The one place that turns connection settings into a transport."""
+    if settings.ipc:
+        return IpcTransport()
+    return Mqtt5Transport(settings, client_id=client_id)

@@ -1,0 +1,72 @@
+"""The cloud side, on this machine: the rules engine running the template's rule SQL, calling the chat and speech
+handlers in-process with local backends (offline LLM or Bedrock, espeak-ng, SQLite). Only the backends differ from
+the Lambdas; the handlers, the rule SQL and the protocol are the production ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+
+from voicebot.cloud.chat import ChatDeps, ChatSettings, answer_transcript
+from voicebot.cloud.history import HistoryStore
+from voicebot.cloud.publish import TransportPublisher
+from voicebot.cloud.speech import SpeechDeps, SpeechSettings, speak_sentence
+from voicebot.cloud.tts import Tts
+from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
+from voicebot.local.rules import RulesEngine, load_rules
+
+log = logging.getLogger(__name__)
+
+
+def default_template() -> Path:
+    """``cloud/template.yaml`` of this checkout (the local engine runs the very rules that get deployed)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "cloud" / "template.yaml"
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError("cloud/template.yaml not found above the voicebot package; pass --template")
+
+
+@dataclass
+class LocalCloud:
+    """Rules engine + chat + speech on a broker. Use as a context manager."""
+
+    broker_url: str
+    model: BaseChatModel
+    history: HistoryStore
+    tts: Tts
+    topic_root: str = "voicebot"
+    template: Path | None = None
+    chat_settings: ChatSettings | None = None
+    outcomes: list[Any] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.transport = Mqtt5Transport(ConnectionSettings(broker=self.broker_url), client_id="voicebot-local-rules")
+        publisher = TransportPublisher(self.transport)
+        chat_settings = self.chat_settings or ChatSettings(topic_root=self.topic_root)
+        self.chat = ChatDeps(model=self.model, history=self.history, publisher=publisher, settings=chat_settings)
+        self.speech = SpeechDeps(tts=self.tts, publisher=publisher, settings=SpeechSettings(topic_root=self.topic_root))
+        rules = load_rules(self.template or default_template(), topic_root=self.topic_root)
+        self.engine = RulesEngine(self.transport, rules, {
+            "ChatFunction": self._chat,
+            "SpeechFunction": lambda event: speak_sentence(event, self.speech),
+        }).start()
+
+    def _chat(self, event: dict[str, Any]) -> None:
+        self.outcomes.append(answer_transcript(event, self.chat))
+
+    def close(self) -> None:
+        self.engine.close()
+        self.transport.close()
+
+    def __enter__(self) -> LocalCloud:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
