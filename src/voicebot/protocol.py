@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,20 +47,44 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_id_lock = threading.Lock()
+_id_last = (0, 0)  # (ms, counter) of the last id made in this process
+
+
 def new_request_id() -> str:
-    """A UUIDv7 string: random, but sortable by creation time, so a greater requestId is a newer utterance."""
-    ms = now_ms()
-    rand = int.from_bytes(os.urandom(10), "big")
-    rand_a = rand >> 68  # 12 bits
-    rand_b = rand & ((1 << 62) - 1)  # 62 bits
-    value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
+    """A UUIDv7 string (RFC 9562): random, but sortable by creation time, so a greater requestId is a newer utterance.
+
+    Within one millisecond a 12-bit counter keeps ids made by this process strictly increasing.
+    """
+    global _id_last
+    with _id_lock:
+        ms = now_ms()
+        last_ms, counter = _id_last
+        if ms <= last_ms:
+            ms, counter = (last_ms, counter + 1) if counter < 0xFFF else (last_ms + 1, 0)
+        else:
+            counter = 0
+        _id_last = (ms, counter)
+    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
 def is_newer(request_id: str, than: str | None) -> bool:
-    """Whether ``request_id`` supersedes ``than``. Request ids are UUIDv7 (time-ordered) strings."""
-    return than is None or request_id > than
+    """Whether ``request_id`` supersedes ``than``.
+
+    UUIDv7 ids (what the interpreter makes) compare by the time inside them, so a late message of an older request
+    can never cut off a newer one. Any other id (typed in a console, say) counts as newer when it arrives.
+    """
+    if than is None or request_id == than:
+        return request_id != than
+    if _UUID7.match(request_id) and _UUID7.match(than):
+        return request_id > than
+    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ _EMOJI = re.compile(
     "]+"
 )
 _SPACES = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,!?…。？！、，])")
 
 
 def clean_for_speech(text: str) -> str:
@@ -53,7 +54,8 @@ def clean_for_speech(text: str) -> str:
     text = _MD_LINK.sub(r"\1", text)
     text = _MD_EMPHASIS.sub("", text)
     text = _EMOJI.sub("", text)
-    return _SPACES.sub(" ", text).strip()
+    text = _SPACES.sub(" ", text).strip()
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", text)
 
 
 def spoken_length(text: str) -> int:

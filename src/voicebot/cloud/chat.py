@@ -120,7 +120,8 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
     except ProtocolError as exc:
         log.warning("chat: bad transcript from %s: %s", thing, exc)
         send_error(deps.publisher, topics, source="chat", request_id=request_id, detail=f"bad transcript: {exc}")
-        if exc.field == "text" and request_id:
+        text = event.get("text")
+        if request_id and isinstance(text, str) and len(text) > settings.max_question_chars:
             AnswerStream(deps.publisher, topics, request_id).send(TOO_LONG, last=True)
         return None
 

@@ -187,7 +187,7 @@ class PlaybackQueue:
                 actions.append(Finished(request.request_id))
                 self._retire(request)
                 break
-            if now - request.waiting_since < self.gap_timeout_s:
+            if now < request.waiting_since + self.gap_timeout_s:  # same sum as wake_at(), so no float drift
                 break  # wait for the missing seq
             # Gap timeout: skip every missing seq up to the next one we have (or the end).
             upto = min(request.ready) if request.ready else request.last_seq

@@ -171,10 +171,7 @@ class Mqtt5Transport:
 
     def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
         mqtt5 = self._mqtt5
-        packet = mqtt5.PublishPacket(
-            topic=topic, payload=payload, qos=mqtt5.QoS(qos),
-            payload_format_indicator=mqtt5.PayloadFormatIndicator.AWS_MQTT5_PFI_UTF8,
-        )
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos))
         return _map_future(self._client.publish(packet), lambda _: None)
 
     def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:

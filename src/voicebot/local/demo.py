@@ -94,7 +94,7 @@ class DemoSettings:
     timeout_s: float = 120.0
 
 
-async def _play_turn(broker_url: str, topics: Topics, transcript: TranscriptMessage, sink: WavSink,
+async def play_turn(broker_url: str, topics: Topics, transcript: TranscriptMessage, sink: WavSink,
                      settings: DemoSettings, echo: Callable[[str], None]) -> TurnWatcher:
     connection = ConnectionSettings(broker=broker_url)
     player_transport = Mqtt5Transport(connection, client_id=f"voicebot-player-{topics.thing}")
@@ -161,7 +161,7 @@ def run_demo(*, text: str | None = None, audio: Path | None = None, settings: De
         echo(f"bot ({llm_name}):")
         sink = WavSink(reply_path)
         try:
-            watcher = asyncio.run(_play_turn(broker.url, topics, transcript, sink, settings, echo))
+            watcher = asyncio.run(play_turn(broker.url, topics, transcript, sink, settings, echo))
         finally:
             sink.close()
     history.close()

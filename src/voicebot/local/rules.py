@@ -263,7 +263,8 @@ class _Parser:
 
 def _num_eq(a: Any, b: Any) -> bool:
     numeric = (int, float)
-    return isinstance(a, numeric) and isinstance(b, numeric) and not isinstance(a, bool) and a == b
+    return (isinstance(a, numeric) and isinstance(b, numeric) and not isinstance(a, bool) and not isinstance(b, bool)
+            and a == b)
 
 
 def parse_rule_sql(sql: str) -> RuleQuery:
@@ -322,6 +323,7 @@ class RulesEngine:
     _pool: ThreadPoolExecutor = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: set[Future[Any]] = field(default_factory=set)
+    _closed: bool = False
 
     def __post_init__(self) -> None:
         missing = {t for r in self.rules for t in r.targets} - set(self.handlers)
@@ -335,6 +337,8 @@ class RulesEngine:
         return self
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        if self._closed:
+            return
         try:
             obj = json.loads(payload)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -348,6 +352,8 @@ class RulesEngine:
                 event = rule.query.select(topic, obj)
                 for target in rule.targets:
                     with self._lock:
+                        if self._closed:
+                            return
                         self.invocations.append((target, event))
                         future = self._pool.submit(self._invoke, rule.name, target, event)
                         self._pending.add(future)
@@ -360,4 +366,7 @@ class RulesEngine:
             log.exception("rules: %s -> %s failed", rule, target)
 
     def close(self) -> None:
+        """Stop taking messages, then let the running invocations finish (they may still publish)."""
+        with self._lock:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=False)
