@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot.edge.player import Finished, Interrupted, PlaybackQueue, Play, Skip
+from voicebot.edge.player import Finished, Interrupted, Play, PlaybackQueue, Skip
 from voicebot.protocol import AudioMessage, split_audio
 
 
@@ -110,7 +110,7 @@ def test_newer_request_interrupts_and_old_audio_is_ignored():
 
 def test_cancel_stops_and_drops_the_rest():
     q = PlaybackQueue()
-    log = deliver(q, sentence_messages("a", 0, last=False))
+    deliver(q, sentence_messages("a", 0, last=False))
     assert q.cancel(None, 1.0) == [Interrupted("a", "cancelled")]
     assert deliver(q, sentence_messages("a", 1, last=True)) == []
     assert q.active_request is None

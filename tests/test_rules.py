@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from voicebot.local.cloud import default_template
-from voicebot.local.rules import RuleSqlError, RulesEngine, load_rules, parse_rule_sql
+from voicebot.local.rules import RulesEngine, RuleSqlError, load_rules, parse_rule_sql
 from voicebot.protocol import QOS_AT_LEAST_ONCE, TranscriptMessage, encode
 
 
