@@ -38,3 +38,16 @@ test: system-deps venv lint
 
 clean:
 	rm -rf $(VENV) out greengrass-build .pytest_cache .ruff_cache
+
+# ---------------------------------------------------------------------------------------------------------------------
+# `sam build -t cloud/template.yaml` (BuildMethod: makefile) calls these with ARTIFACTS_DIR set: the thin handler,
+# the shared voicebot package, and the function's requirements built for Lambda (python3.12, arm64).
+# ---------------------------------------------------------------------------------------------------------------------
+LAMBDA_PIP := python3 -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --implementation cp \
+	--python-version 3.12 --platform manylinux2014_aarch64 --only-binary=:all:
+
+build-ChatFunction build-SpeechFunction: build-%Function:
+	$(LAMBDA_PIP) -r cloud/lambdas/$(shell echo $* | tr A-Z a-z)/requirements.txt
+	cp -r src/voicebot "$(ARTIFACTS_DIR)/"
+	cp cloud/lambdas/$(shell echo $* | tr A-Z a-z)/app.py "$(ARTIFACTS_DIR)/"
+	find "$(ARTIFACTS_DIR)/voicebot" -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,53 @@
+"""Chat Lambda: the IoT rule's event (a completed transcript + thing) -> answer sentences on R/<thing>/answer.
+
+A thin shell: Powertools does logging, metrics and idempotency; the logic is voicebot.cloud.chat.answer_transcript.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from voicebot.cloud.aws import chat_deps_from_env, require_env
+from voicebot.cloud.chat import answer_transcript
+
+logger = Logger()
+metrics = Metrics(namespace="voicebot")
+# IoT rules may deliver the same event twice: one answer per (thing, requestId), remembered for an hour.
+persistence = DynamoDBPersistenceLayer(table_name=require_env("IDEMPOTENCY_TABLE"))
+idempotency = IdempotencyConfig(event_key_jmespath="[thing, requestId]", expires_after_seconds=3600,
+                                raise_on_no_idempotency_key=False)
+deps = chat_deps_from_env()
+
+
+@idempotent_function(data_keyword_argument="event", persistence_store=persistence, config=idempotency)
+def answer_once(event: dict[str, Any]) -> dict[str, Any]:
+    outcome = answer_transcript(event, deps)
+    if outcome is None:
+        return {"answered": False}
+    metrics.add_metric(name="Sentences", unit=MetricUnit.Count, value=len(outcome.sentences))
+    if outcome.error:
+        metrics.add_metric(name="ModelFailures", unit=MetricUnit.Count, value=1)
+    return {"answered": True, "sentences": len(outcome.sentences), "error": outcome.error}
+
+
+@logger.inject_lambda_context(log_event=False)  # events hold what people said: never log them whole
+@metrics.log_metrics(capture_cold_start_metric=True)
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
+    logger.append_keys(thing=event.get("thing"), request_id=event.get("requestId"), model=os.environ.get("MODEL_ID"))
+    try:
+        return answer_once(event=event)
+    except IdempotencyAlreadyInProgressError:
+        logger.info("duplicate delivery while the first is still answering; ignored")
+        return {"answered": False, "duplicate": True}

@@ -1,0 +1,74 @@
+"""Production wiring of the cloud handlers from the Lambda environment: boto3 clients, DynamoDB history, Bedrock.
+
+Missing configuration fails at import of the Lambda module (cold start), not as an empty string at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from voicebot.cloud.history import DynamoHistory
+from voicebot.cloud.publish import IotDataPublisher
+from voicebot.cloud.speech import SpeechDeps, SpeechSettings
+from voicebot.cloud.tts import PollyTts, polly_client
+from voicebot.protocol import DEFAULT_TOPIC_ROOT, MAX_TRANSCRIPT_CHARS
+
+if TYPE_CHECKING:  # the speech Lambda does not ship LangChain
+    from voicebot.cloud.chat import ChatDeps, ChatSettings
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def require_env(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"environment variable {name} is not set (see cloud/template.yaml)")
+    return value
+
+
+def iot_data_client(region: str | None = None) -> Any:
+    import boto3
+
+    endpoint = os.environ.get("IOT_DATA_ENDPOINT", "").strip()
+    url = f"https://{endpoint}" if endpoint and not endpoint.startswith("https://") else (endpoint or None)
+    return boto3.client("iot-data", region_name=region, endpoint_url=url)
+
+
+def chat_settings_from_env() -> ChatSettings:
+    from voicebot.cloud.chat import ChatSettings
+
+    return ChatSettings(
+        topic_root=os.environ.get("TOPIC_ROOT", DEFAULT_TOPIC_ROOT),
+        history_turns=int(os.environ.get("HISTORY_TURNS", "6")),
+        max_question_chars=int(os.environ.get("MAX_QUESTION_CHARS", str(MAX_TRANSCRIPT_CHARS))),
+    )
+
+
+def chat_deps_from_env(*, model: Any = None) -> ChatDeps:
+    import boto3
+
+    from voicebot.cloud.chat import ChatDeps
+    from voicebot.cloud.llm import LlmSettings, bedrock_model
+
+    table = boto3.resource("dynamodb").Table(require_env("HISTORY_TABLE"))
+    llm = LlmSettings.from_env()
+    return ChatDeps(
+        model=model or bedrock_model(llm),
+        history=DynamoHistory(table, keep_days=int(os.environ.get("HISTORY_DAYS", "7"))),
+        publisher=IotDataPublisher(iot_data_client()),
+        settings=chat_settings_from_env(),
+    )
+
+
+def speech_deps_from_env(*, polly: Any = None) -> SpeechDeps:
+    tts = PollyTts(
+        polly or polly_client(),
+        voice_id=os.environ.get("VOICE_ID", "Seoyeon"),
+        rate=os.environ.get("SPEECH_RATE", "120%"),
+        output_format=os.environ.get("AUDIO_FORMAT", "ogg_vorbis"),
+    )
+    return SpeechDeps(tts=tts, publisher=IotDataPublisher(iot_data_client()),
+                      settings=SpeechSettings(topic_root=os.environ.get("TOPIC_ROOT", DEFAULT_TOPIC_ROOT)))
