@@ -141,7 +141,8 @@ def test_sentences_are_published_while_the_model_is_still_streaming(chat):
     result = chat.handler(event, FakeContext())
     assert result["answered"] and result["sentences"] == 4
     sent = [m for _, m in answers_for(event["requestId"])]
-    assert [m["text"] for m in sent] == ["서울은 지금 맑아요.", "기온은 25.5도예요.", "저녁에는 비가 올 수 있어요.", "우산을 챙기세요."]
+    assert [m["text"] for m in sent] == [
+        "서울은 지금 맑아요.", "기온은 25.5도예요.", "저녁에는 비가 올 수 있어요.", "우산을 챙기세요."]
     assert [m["seq"] for m in sent] == [0, 1, 2, 3] and [m["last"] for m in sent] == [False, False, False, True]
     # Before the model's last token, three sentences were already out: streaming, not whole-answer.
     assert chat.deps.model.seen[-1] == 3 and chat.deps.model.seen[0] == 0
