@@ -29,7 +29,8 @@ from voicebot.protocol import (
 
 def ask(broker, topics, text, sink):
     transcript = TranscriptMessage(request_id=new_request_id(), state="completed", text=text)
-    watcher = asyncio.run(play_turn(broker.url, topics, transcript, sink, DemoSettings(timeout_s=60), lambda s: None))
+    watcher = asyncio.run(play_turn(broker.url, topics, sink, DemoSettings(timeout_s=60), lambda s: None,
+                                    transcript=transcript))
     return transcript.request_id, watcher
 
 

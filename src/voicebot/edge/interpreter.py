@@ -1,0 +1,232 @@
+"""voice-interpreter: microphone -> VAD -> streaming STT -> transcripts, with an echo guard.
+
+One asyncio loop. Each VAD utterance becomes one request (one UUIDv7 ``requestId``): throttled ``proceeding`` partials
+while the person speaks, then exactly one ``completed`` transcript with all of the utterance's finals. Nothing reaches
+the recognizer while nobody speaks, and nothing is heard while the device itself speaks (half-duplex), except the
+optional stop word, which cancels the answer being played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from voicebot.edge.audio import AudioError, AudioSource
+from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
+from voicebot.edge.transport import Outbox, Transport
+from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
+from voicebot.protocol import (
+    QOS_AT_LEAST_ONCE,
+    QOS_AT_MOST_ONCE,
+    ControlMessage,
+    EventMessage,
+    Message,
+    PlayerStateMessage,
+    ProtocolError,
+    Topics,
+    TranscriptMessage,
+    decode,
+    encode,
+    new_request_id,
+    now_ms,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InterpreterSettings:
+    lang: str = "ko-KR"
+    vad: VadSettings = field(default_factory=VadSettings)
+    max_partials_per_s: float = 4.0
+    """Partials are throttled to this rate; unchanged text is never re-sent."""
+    echo_tail_s: float = 0.4
+    """Keep the microphone muted this long after the player goes idle (room echo, speaker ring-down)."""
+    stop_word_enabled: bool = False
+    stop_word: str = "그만"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    source_retry_s: float = 2.0
+    """Wait before reopening a microphone that failed (unplugged, busy)."""
+
+
+@dataclass
+class _Utterance:
+    request_id: str
+    transcriber: UtteranceTranscriber
+    last_partial: str = ""
+    last_partial_at: float = float("-inf")
+
+
+class Interpreter:
+    def __init__(self, transport: Transport, topics: Topics, source: AudioSource, stt: SttBackend,
+                 settings: InterpreterSettings | None = None, *, clock: Callable[[], float] = time.monotonic,
+                 stop_word_stt: SttBackend | None = None) -> None:
+        self.transport = transport
+        self.topics = topics
+        self.source = source
+        self.stt = stt
+        self.stop_word_stt = stop_word_stt or stt
+        self.settings = settings or InterpreterSettings()
+        self.clock = clock
+        self.vad = VadGate(self.settings.vad)
+        self.speaking = False  # the player's state, from the device-local topic
+        self.player_request: str | None = None
+        self.muted_until = 0.0
+        self.frames_seen = 0
+        self.published: list[TranscriptMessage] = []
+        self.state_changed = asyncio.Event()
+        self._utterance: _Utterance | None = None
+        self._stop_vad = VadGate(self.settings.vad)
+        self._stop_utterance: UtteranceTranscriber | None = None
+        self.outbox = Outbox(transport, "interpreter")
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Listen until ``stop`` is set or the source ends (a WAV file); then send everything still pending."""
+        loop = asyncio.get_running_loop()
+        self.transport.subscribe(self.topics.player_state, QOS_AT_MOST_ONCE,
+                                 lambda _t, payload: loop.call_soon_threadsafe(self._on_player_state, payload))
+        log.info("interpreter listening on %s with %s", self.source.description, self.stt.name)
+        pump = asyncio.create_task(self._pump())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({pump, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not pump.done():
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            await self._abort_utterance()
+        else:
+            pump.result()
+        await self.drain()
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                async for frame in self.source.frames():
+                    await self.process(frame)
+                for event in self.vad.flush():  # the file ended mid-utterance
+                    await self._on_vad(event)
+                return
+            except (AudioError, OSError) as exc:
+                log.error("microphone failed (%s); retrying in %.0f s", exc, self.settings.source_retry_s)
+                self._emit_event("error", detail=f"microphone failed: {exc}")
+                await self._abort_utterance()
+                await asyncio.sleep(self.settings.source_retry_s)
+
+    async def drain(self) -> None:
+        """Wait until every message handed to the transport has been sent (QoS1: acknowledged)."""
+        await self.outbox.drain()
+
+    # -- echo guard --------------------------------------------------------------------------------------------------
+
+    def _on_player_state(self, payload: bytes) -> None:
+        try:
+            state = decode(PlayerStateMessage, payload)
+        except ProtocolError as exc:
+            log.warning("interpreter: bad player state: %s", exc)
+            return
+        self.speaking = state.state == "speaking"
+        self.player_request = state.request_id if self.speaking else None
+        if not self.speaking:
+            self.muted_until = self.clock() + self.settings.echo_tail_s
+        self.state_changed.set()
+
+    def muted(self) -> bool:
+        return self.speaking or self.clock() < self.muted_until
+
+    # -- audio -------------------------------------------------------------------------------------------------------
+
+    async def process(self, frame: bytes) -> None:
+        self.frames_seen += 1
+        if self.muted():
+            if self.vad.in_speech or self._utterance:
+                await self._abort_utterance()  # the device started talking: what follows would be its own voice
+            self.vad.reset()
+            if self.settings.stop_word_enabled and self.speaking:
+                await self._listen_for_stop_word(frame)
+            return
+        for event in self.vad.process(frame):
+            await self._on_vad(event)
+
+    async def _on_vad(self, event: VadEvent) -> None:
+        try:
+            if isinstance(event, SpeechStarted):
+                utterance = _Utterance(new_request_id(), UtteranceTranscriber(
+                    self.stt, on_partial=lambda text: self._on_partial(utterance, text), retry=self.settings.retry))
+                self._utterance = utterance
+                await utterance.transcriber.start()
+                for frame in event.preroll:
+                    await utterance.transcriber.send(frame)
+            elif isinstance(event, SpeechAudio) and self._utterance:
+                await self._utterance.transcriber.send(event.frame)
+            elif isinstance(event, SpeechEnded) and self._utterance:
+                utterance, self._utterance = self._utterance, None
+                speech_end = now_ms() - event.trailing_silence_ms
+                text = await utterance.transcriber.end()
+                if text:
+                    self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
+                                                            text=text, lang=self.settings.lang,
+                                                            speech_end_ts=speech_end))
+                else:
+                    log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
+        except SttError as exc:
+            log.error("speech recognition failed: %s", exc)
+            self._emit_event("error", self._utterance.request_id if self._utterance else None,
+                             detail=f"speech recognition failed: {exc}")
+            await self._abort_utterance()
+
+    def _on_partial(self, utterance: _Utterance, text: str) -> None:
+        if utterance is not self._utterance or not text or text == utterance.last_partial:
+            return
+        now = self.clock()
+        if now - utterance.last_partial_at < 1.0 / self.settings.max_partials_per_s:
+            return
+        utterance.last_partial, utterance.last_partial_at = text, now
+        self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="proceeding", text=text,
+                                                lang=self.settings.lang))
+
+    async def _abort_utterance(self) -> None:
+        utterance, self._utterance = self._utterance, None
+        if utterance:
+            await utterance.transcriber.abort()
+        self.vad.reset()
+
+    async def _listen_for_stop_word(self, frame: bytes) -> None:
+        for event in self._stop_vad.process(frame):
+            if isinstance(event, SpeechStarted):
+                self._stop_utterance = UtteranceTranscriber(self.stop_word_stt, on_partial=self._check_stop_word,
+                                                            retry=self.settings.retry)
+                await self._stop_utterance.start()
+                for f in event.preroll:
+                    await self._stop_utterance.send(f)
+            elif isinstance(event, SpeechAudio) and self._stop_utterance:
+                await self._stop_utterance.send(event.frame)
+            elif isinstance(event, SpeechEnded) and self._stop_utterance:
+                utterance, self._stop_utterance = self._stop_utterance, None
+                self._check_stop_word(await utterance.end())
+
+    def _check_stop_word(self, text: str) -> None:
+        if self.speaking and self.settings.stop_word in text.replace(" ", ""):
+            log.info("stop word heard: cancelling %s", (self.player_request or "?")[-8:])
+            self._send(self.topics.control, ControlMessage(action="cancel", request_id=self.player_request),
+                       QOS_AT_MOST_ONCE)
+            self.speaking = False  # do not send twice; the player's idle state follows
+
+    # -- output ------------------------------------------------------------------------------------------------------
+
+    def _send_transcript(self, message: TranscriptMessage) -> None:
+        self.published.append(message)
+        self._send(self.topics.transcript, message, QOS_AT_LEAST_ONCE)
+
+    def _emit_event(self, type_: str, request_id: str | None = None, *, detail: str | None = None) -> None:
+        self._send(self.topics.event, EventMessage(source="interpreter", type=type_, request_id=request_id,
+                                                   detail=detail), QOS_AT_LEAST_ONCE)
+
+    def _send(self, topic: str, message: Message, qos: int) -> None:
+        self.outbox.send(topic, encode(message), qos)

