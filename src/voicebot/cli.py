@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from voicebot.edge.audio import AudioError
 from voicebot.edge.transport import ConnectionSettings, TransportError
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
@@ -55,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     player.add_argument("--sink", default="device", help="device[:NAME] | wav:PATH | null")
     player.add_argument("--gap-timeout", type=float, default=3.0, help="seconds to wait for a missing sentence")
     player.add_argument("--volume", type=float, default=1.0)
+
+    interp = sub.add_parser("interpreter", help="run the voice-interpreter component (dev mode)")
+    _connection_flags(interp)
+    interp.add_argument("--source", default="mic", help="mic[:NAME] | wav:PATH (a WAV ends the run when done)")
+    interp.add_argument("--stt", default="vosk", choices=["vosk", "transcribe"])
+    interp.add_argument("--region", default="ap-northeast-2", help="AWS region of Amazon Transcribe")
+    interp.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3])
+    interp.add_argument("--preroll-ms", type=int, default=300)
+    interp.add_argument("--hangover-ms", type=int, default=700)
+    interp.add_argument("--max-utterance-s", type=float, default=15.0)
+    interp.add_argument("--echo-tail-s", type=float, default=0.4)
+    interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
 
     return parser
 
@@ -106,7 +119,39 @@ def cmd_player(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "player": cmd_player}
+def stt_backend(name: str, region: str):
+    from voicebot.edge.stt import TranscribeBackend, VoskBackend
+
+    return VoskBackend() if name == "vosk" else TranscribeBackend(region=region)
+
+
+def cmd_interpreter(args: argparse.Namespace) -> int:
+    from voicebot.edge.audio import open_source
+    from voicebot.edge.interpreter import Interpreter, InterpreterSettings
+    from voicebot.edge.transport import connect
+    from voicebot.edge.vad import VadSettings
+
+    settings = InterpreterSettings(
+        vad=VadSettings(aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
+                        hangover_ms=args.hangover_ms, max_utterance_s=args.max_utterance_s),
+        echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
+    )
+    connection = connection_settings(args)
+    source = open_source(args.source, frame_ms=settings.vad.frame_ms)
+    stt = stt_backend(args.stt, args.region)
+    transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}")
+    interpreter = Interpreter(transport, Topics(args.topic_root, args.thing), source, stt, settings)
+    try:
+        _run_until_signal(interpreter.run)
+    finally:
+        transport.close()
+    for message in interpreter.published:
+        if message.state == "completed":
+            print(json.dumps({"requestId": message.request_id, "text": message.text}, ensure_ascii=False))
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return COMMANDS[args.command](args)
-    except TransportError as exc:
+    except (TransportError, AudioError) as exc:
         print(f"voicebot {args.command}: {exc}", file=sys.stderr)
         return 2
 
