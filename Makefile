@@ -36,6 +36,10 @@ lint: venv
 test: system-deps venv lint
 	$(BIN)/pytest -q
 
+## Build the Greengrass components (what `gdk component build` runs): greengrass-build/ in each component folder.
+gg-build: venv
+	$(BIN)/python -m voicebot.gg_build
+
 clean:
 	rm -rf $(VENV) out greengrass-build .pytest_cache .ruff_cache
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--max-utterance-s", type=float, default=15.0)
     interp.add_argument("--echo-tail-s", type=float, default=0.4)
     interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
+
+    monitor = sub.add_parser("monitor", help="print every voicebot message as a legible line")
+    _connection_flags(monitor)
+    monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
 
     return parser
 
@@ -151,7 +156,41 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from voicebot.edge.transport import connect, handoff_to_loop
+    from voicebot.monitor import MonitorFormatter
+    from voicebot.protocol import everything_filter
+
+    transport = connect(connection_settings(args), client_id=f"voicebot-monitor-{os.getpid()}")
+    formatter = MonitorFormatter()
+    print(f"watching {everything_filter(args.topic_root)} on {getattr(transport, 'description', 'broker')}",
+          file=sys.stderr, flush=True)
+
+    async def run(stop: asyncio.Event) -> None:
+        inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        transport.subscribe(everything_filter(args.topic_root), 1, handoff_to_loop(asyncio.get_running_loop(), inbox))
+        print("ready", file=sys.stderr, flush=True)
+        seen = 0
+        stopper = asyncio.ensure_future(stop.wait())
+        while not stop.is_set() and (not args.count or seen < args.count):
+            getter = asyncio.ensure_future(inbox.get())
+            await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                break
+            seen += 1
+            for line in formatter.lines(*getter.result()):
+                print(line, flush=True)
+        stopper.cancel()
+
+    try:
+        _run_until_signal(run)
+    finally:
+        transport.close()
+    return 0
+
+
+COMMANDS = {"monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
 
 
 def main(argv: list[str] | None = None) -> int:

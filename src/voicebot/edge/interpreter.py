@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSource
 from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
@@ -81,6 +82,7 @@ class Interpreter:
         self.state_changed = asyncio.Event()
         self._utterance: _Utterance | None = None
         self._stop_vad = VadGate(self.settings.vad)
+        self._next_vad: VadGate | None = None
         self._stop_utterance: UtteranceTranscriber | None = None
         self.outbox = Outbox(transport, "interpreter")
 
@@ -122,6 +124,26 @@ class Interpreter:
     async def drain(self) -> None:
         """Wait until every message handed to the transport has been sent (QoS1: acknowledged)."""
         await self.outbox.drain()
+
+    def apply_config(self, config: Mapping[str, Any]) -> None:
+        """Live settings from the component configuration. A new VAD takes over between utterances."""
+        from voicebot.edge.greengrass import number
+
+        vad = self.settings.vad
+        new_vad = replace(
+            vad, aggressiveness=int(number(config, "VadAggressiveness", vad.aggressiveness)),
+            preroll_ms=int(number(config, "PrerollMs", vad.preroll_ms)),
+            hangover_ms=int(number(config, "HangoverMs", vad.hangover_ms)),
+            max_utterance_s=number(config, "MaxUtteranceS", vad.max_utterance_s),
+        )
+        stop_word = str(config.get("StopWord", self.settings.stop_word if self.settings.stop_word_enabled else ""))
+        self.settings = replace(self.settings, vad=new_vad, echo_tail_s=number(config, "EchoTailS",
+                                                                                 self.settings.echo_tail_s),
+                                stop_word_enabled=bool(stop_word.strip()), stop_word=stop_word.strip() or "그만")
+        if new_vad != vad:
+            self._next_vad = VadGate(new_vad)
+            if not self.vad.in_speech:
+                self.vad, self._next_vad = self._next_vad, None
 
     # -- echo guard --------------------------------------------------------------------------------------------------
 
@@ -167,6 +189,8 @@ class Interpreter:
                 await self._utterance.transcriber.send(event.frame)
             elif isinstance(event, SpeechEnded) and self._utterance:
                 utterance, self._utterance = self._utterance, None
+                if self._next_vad is not None:  # new VAD settings arrived mid-utterance
+                    self.vad, self._next_vad = self._next_vad, None
                 speech_end = now_ms() - event.trailing_silence_ms
                 text = await utterance.transcriber.end()
                 if text:

@@ -15,8 +15,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
 from voicebot.edge.transport import Outbox, Transport, handoff_to_loop
@@ -243,8 +244,12 @@ class Player:
         self._playing_sentence: SentenceAudio | None = None
         self._cancelled: set[asyncio.Task[None]] = set()  # interrupted playbacks, kept until they have wound down
 
-    def set_gap_timeout(self, seconds: float) -> None:
-        self.queue.gap_timeout_s = seconds
+    def apply_config(self, config: Mapping[str, Any]) -> None:
+        """Live settings from the component configuration (Greengrass stores numbers as strings)."""
+        from voicebot.edge.greengrass import number
+
+        self.volume = min(1.0, max(0.0, number(config, "Volume", self.volume)))
+        self.queue.gap_timeout_s = max(0.1, number(config, "GapTimeoutS", self.queue.gap_timeout_s))
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

@@ -1,0 +1,325 @@
+"""Greengrass packaging: gdk-config.json and built recipes against the GDK schemas, a lifecycle run of a built
+component against a real mosquitto, the IPC transport and live configuration against a GreengrassCoreIPCClientV2-spec
+fake, and the monitor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from concurrent.futures import Future
+from pathlib import Path
+from unittest.mock import create_autospec
+
+import jsonschema
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+from awsiot.greengrasscoreipc.model import (
+    QOS,
+    BinaryMessage,
+    ConfigurationUpdateEvent,
+    ConfigurationUpdateEvents,
+    GetConfigurationResponse,
+    IoTCoreMessage,
+    MessageContext,
+    MQTTMessage,
+    SubscriptionResponseMessage,
+)
+
+from tests.conftest import Recorder
+from tests.speech_fixtures import spoken
+from voicebot import gg_build
+from voicebot.cloud.tts import pcm_to_wav
+from voicebot.edge.audio import NullSink
+from voicebot.edge.greengrass import ComponentConfig
+from voicebot.edge.player import Player
+from voicebot.edge.transport import IpcTransport
+from voicebot.monitor import MonitorFormatter
+from voicebot.protocol import (
+    QOS_AT_LEAST_ONCE,
+    AnswerMessage,
+    EventMessage,
+    Topics,
+    TranscriptMessage,
+    encode,
+    new_request_id,
+    split_audio,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "greengrass"
+needs_schemas = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/greengrass (the GDK schemas) is not beside "
+                                                               "this checkout")
+COMPONENT_DIRS = [ROOT / "components" / "voice-interpreter", ROOT / "components" / "voice-player", ROOT]
+
+
+@pytest.fixture(scope="module")
+def built():
+    """What `make gg-build` does."""
+    assert gg_build.main([str(d) for d in COMPONENT_DIRS]) == 0
+    return {gg_build.read_gdk_config(d)[0]: d / "greengrass-build" for d in COMPONENT_DIRS}
+
+
+def lower_keys(node):
+    """GDK compares recipe keys lower-cased."""
+    if isinstance(node, dict):
+        return {str(k).lower(): lower_keys(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [lower_keys(v) for v in node]
+    return node
+
+
+def test_gg_build_makes_both_component_trees_and_the_bundle(built):
+    for name in ("com.voicebot.VoiceInterpreter", "com.voicebot.VoicePlayer"):
+        tree = built[name]
+        (artifact,) = (tree / "artifacts" / name / "1.0.0").glob("*.zip")
+        names = zipfile.ZipFile(artifact).namelist()
+        folder = artifact.stem
+        assert f"{folder}/main.py" in names and f"{folder}/requirements.txt" in names
+        assert any(re.fullmatch(rf"{folder}/wheels/voicebot-[\d.]+-py3-none-any\.whl", n) for n in names)
+        recipe = yaml.safe_load((tree / "recipes" / "recipe.yaml").read_text())
+        assert recipe["ComponentName"] == name and recipe["ComponentVersion"] == "1.0.0"
+        assert all(folder in m["Artifacts"][0]["URI"] for m in recipe["Manifests"])
+        assert {m["Platform"]["architecture"] for m in recipe["Manifests"]} == {"aarch64", "arm", "amd64"}
+    bundle = yaml.safe_load((built["com.voicebot.VoiceBot"] / "recipes" / "recipe.yaml").read_text())
+    assert set(bundle["ComponentDependencies"]) == {"com.voicebot.VoiceInterpreter", "com.voicebot.VoicePlayer"}
+
+
+@needs_schemas
+def test_every_gdk_config_validates_against_the_gdk_schema():
+    schema = json.loads((SHARED / "gdk_config_schema.json").read_text())
+    configs = [p for p in ROOT.rglob("gdk-config.json") if ".venv" not in p.parts and "greengrass-build" not in p.parts]
+    assert len(configs) == 3
+    for path in configs:
+        config = json.loads(path.read_text())
+        jsonschema.validate(config, schema)
+        assert len(config["component"]) == 1
+        gg_build.find_recipe(path.parent)  # exactly one recipe beside it
+
+
+@needs_schemas
+def test_built_recipes_validate_and_stay_under_16000_bytes(built):
+    schema = json.loads((SHARED / "recipe_schema.json").read_text())
+    for tree in built.values():
+        path = tree / "recipes" / "recipe.yaml"
+        assert path.stat().st_size < 16_000
+        jsonschema.validate(lower_keys(yaml.safe_load(path.read_text())), schema)
+
+
+def test_recipes_grant_only_the_things_own_topics():
+    for name in ("com.voicebot.VoiceInterpreter", "com.voicebot.VoicePlayer"):
+        recipe = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+        config = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+        assert all(isinstance(v, str) for k, v in config.items() if k != "accessControl")  # numbers as strings
+        for service, policies in config["accessControl"].items():
+            assert service in ("aws.greengrass.ipc.mqttproxy", "aws.greengrass.ipc.pubsub")
+            for policy in policies.values():
+                assert all("*" not in op for op in policy["operations"])
+                assert all("{iot:thingName}" in r and "#" not in r and "+" not in r for r in policy["resources"])
+    deps = yaml.safe_load((ROOT / "recipes" / "com.voicebot.VoiceInterpreter.yaml").read_text())["ComponentDependencies"]
+    assert deps["aws.greengrass.TokenExchangeService"]["DependencyType"] == "HARD"
+
+
+def render(script: str, variables: dict[str, str]) -> str:
+    def sub(m: re.Match) -> str:
+        key = m.group(1)
+        if key not in variables:
+            raise AssertionError(f"unrendered recipe variable {{{key}}}")
+        return variables[key]
+
+    return re.sub(r"\{((?:artifacts|work|iot|configuration):[^}]*)\}", sub, script)
+
+
+def test_lifecycle_install_and_run_of_the_built_player(built, tmp_path, broker, connect):
+    """Render the built recipe into a Greengrass-like root, run Install and Run, and have it play one sentence."""
+    name = "com.voicebot.VoicePlayer"
+    recipe = yaml.safe_load((built[name] / "recipes" / "recipe.yaml").read_text())
+    manifest = next(m for m in recipe["Manifests"] if m["Platform"]["architecture"] == "amd64")
+    artifacts = tmp_path / "packages" / "artifacts-unarchived" / name / "1.0.0"
+    work = tmp_path / "work" / name
+    work.mkdir(parents=True)
+    for artifact in (built[name] / "artifacts" / name / "1.0.0").glob("*.zip"):
+        zipfile.ZipFile(artifact).extractall(artifacts)
+    played = tmp_path / "played.wav"
+    config = {**recipe["ComponentConfiguration"]["DefaultConfiguration"], "Sink": f"wav:{played}"}
+    variables = {"artifacts:decompressedPath": str(artifacts), "work:path": str(work), "iot:thingName": "gg-pi-1",
+                 **{f"configuration:/{k}": str(v) for k, v in config.items() if isinstance(v, str)}}
+    lifecycle = manifest["Lifecycle"]
+    install = subprocess.run(["sh", "-c", render(lifecycle["Install"]["Script"], variables)], capture_output=True,
+                             text=True, timeout=int(lifecycle["Install"]["Timeout"]), check=False)
+    assert install.returncode == 0, install.stderr[-2000:]
+
+    topics = Topics("voicebot", "gg-pi-1")
+    observer = Recorder()
+    connect("observer").subscribe("voicebot/#", 1, observer)
+    env = {**os.environ, "VOICEBOT_BROKER": broker.url}
+    proc = subprocess.Popen(["sh", "-c", render(lifecycle["Run"]["Script"], variables)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        observer.wait_for(lambda ms: any(t == topics.player_state for t, _ in ms), 60)  # it is up: idle published
+        audio = (np.clip(spoken("안녕하세요") * 32767, -32768, 32767)).astype(np.int16)
+        rid = new_request_id()
+        for m in split_audio(request_id=rid, seq=0, last=True, text="안녕하세요", audio=pcm_to_wav(audio, 16000),
+                             format="wav", sample_rate=16000):
+            connect("cloud").publish(topics.audio, encode(m), QOS_AT_LEAST_ONCE).result(5)
+        observer.wait_for(lambda ms: any(t == topics.event and b'"played"' in p and rid.encode() in p
+                                         and b'"seq"' not in p for t, p in ms), 30)
+    finally:
+        proc.send_signal(signal.SIGTERM)  # how Greengrass stops a component
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    samples, rate = sf.read(played, dtype="int16")
+    assert rate == 16000 and np.array_equal(samples, audio)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# IPC
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def done_future(value=None) -> Future:
+    f: Future = Future()
+    f.set_result(value)
+    return f
+
+
+@pytest.fixture
+def ipc():
+    client = create_autospec(GreengrassCoreIPCClientV2, instance=True)
+    client.publish_to_iot_core_async.return_value = done_future()
+    client.publish_to_topic_async.return_value = done_future()
+    client.subscribe_to_iot_core.return_value = (None, create_autospec(object))
+    client.subscribe_to_topic.return_value = (None, create_autospec(object))
+    return client
+
+
+def test_ipc_transport_routes_cloud_topics_to_iot_core_and_local_ones_to_pubsub(ipc):
+    transport = IpcTransport(ipc)
+    topics = Topics("voicebot", "pi-9")
+    transport.publish(topics.event, b"{}", 1).result(1)
+    ipc.publish_to_iot_core_async.assert_called_once_with(topic_name=topics.event, qos=QOS.AT_LEAST_ONCE, payload=b"{}")
+    transport.publish(topics.player_state, b'{"state":"idle"}', 0).result(1)
+    kwargs = ipc.publish_to_topic_async.call_args.kwargs
+    assert kwargs["topic"] == topics.player_state
+    assert kwargs["publish_message"].binary_message.message == b'{"state":"idle"}'
+
+    got: list[tuple[str, bytes]] = []
+    transport.subscribe(topics.audio, 1, lambda t, p: got.append((t, p)))
+    sub = ipc.subscribe_to_iot_core.call_args.kwargs
+    assert sub["topic_name"] == topics.audio and sub["qos"] == QOS.AT_LEAST_ONCE
+    sub["on_stream_event"](IoTCoreMessage(message=MQTTMessage(topic_name=topics.audio, payload=b"x")))
+    transport.subscribe(topics.control, 0, lambda t, p: got.append((t, p)))
+    local = ipc.subscribe_to_topic.call_args.kwargs
+    assert local["topic"] == topics.control
+    local["on_stream_event"](SubscriptionResponseMessage(
+        binary_message=BinaryMessage(message=b"y", context=MessageContext(topic=topics.control))))
+    assert got == [(topics.audio, b"x"), (topics.control, b"y")]
+    transport.close()
+    ipc.close.assert_called_once()
+
+
+def test_player_over_ipc_subscribes_right_and_applies_a_configuration_update_live(ipc):
+    topics = Topics("voicebot", "pi-9")
+    values = {"Volume": "0.8", "GapTimeoutS": "3.0", "Sink": "device"}
+    ipc.get_configuration.side_effect = lambda **kw: GetConfigurationResponse(component_name="p", value=dict(values))
+
+    async def main() -> Player:
+        player = Player(IpcTransport(ipc), topics, NullSink(realtime=False))
+        config = ComponentConfig(ipc)
+        player.apply_config(config.load())
+        assert player.volume == 0.8 and player.queue.gap_timeout_s == 3.0
+        updated = asyncio.Event()
+
+        def on_change(cfg):
+            player.apply_config(cfg)
+            updated.set()
+
+        config.watch(asyncio.get_running_loop(), on_change)
+        stop = asyncio.Event()
+        task = asyncio.create_task(player.run(stop))
+        await asyncio.wait_for(player.ready.wait(), 5)
+        values.update(Volume="0.25", GapTimeoutS="1.5")
+        callback = ipc.subscribe_to_configuration_update.call_args.kwargs["on_stream_event"]
+        callback(ConfigurationUpdateEvents(configuration_update_event=ConfigurationUpdateEvent(
+            component_name="p", key_path=["Volume"])))
+        await asyncio.wait_for(updated.wait(), 5)
+        stop.set()
+        await task
+        return player
+
+    player = asyncio.run(main())
+    assert player.volume == 0.25 and player.queue.gap_timeout_s == 1.5
+    subscribed = {c.kwargs["topic_name"]: c.kwargs["qos"] for c in ipc.subscribe_to_iot_core.call_args_list}
+    assert subscribed == {topics.audio: QOS.AT_LEAST_ONCE, topics.event: QOS.AT_LEAST_ONCE,
+                          topics.command: QOS.AT_LEAST_ONCE}
+    assert [c.kwargs["topic"] for c in ipc.subscribe_to_topic.call_args_list] == [topics.control]
+    states = [c.kwargs["publish_message"].binary_message.message for c in ipc.publish_to_topic_async.call_args_list]
+    assert states and all(json.loads(s)["state"] == "idle" for s in states)
+
+
+def test_a_bad_configuration_value_keeps_the_old_one(ipc):
+    player = Player(IpcTransport(ipc), Topics("voicebot", "pi"), NullSink(realtime=False))
+    player.apply_config({"Volume": "loud", "GapTimeoutS": "2"})
+    assert player.volume == 1.0 and player.queue.gap_timeout_s == 2.0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Monitor
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_monitor_prints_a_recorded_turn_legibly():
+    clock = iter([100.0, 100.2, 100.35, 100.4, 100.5, 103.0, 104.0])
+    formatter = MonitorFormatter(clock=lambda: next(clock))
+    t = Topics("voicebot", "pi-1")
+    rid = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+    audio = split_audio(request_id=rid, seq=0, last=True, text="맑아요.", audio=b"\0\0" * 16000, format="pcm_s16le",
+                        sample_rate=16000)[0]
+    recorded = [
+        (t.transcript, encode(TranscriptMessage(request_id=rid, state="completed", text="날씨 어때?"))),
+        (t.answer, encode(AnswerMessage(request_id=rid, seq=0, text="맑아요.", last=True))),
+        (t.audio, encode(audio)),
+        (t.event, encode(EventMessage(source="player", type="playing", request_id=rid, seq=0))),
+        (t.player_state, b'{"v":1,"ts":1,"state":"speaking"}'),
+        (t.event, encode(EventMessage(source="player", type="played", request_id=rid, last=True))),
+    ]
+    lines = [line for topic, payload in recorded for line in formatter.lines(topic, payload)]
+    assert "pi-1" in lines[0] and "transcript" in lines[0] and "2e3f4a5b" in lines[0] and "“날씨 어때?”" in lines[0]
+    assert "seq 0 (last)  맑아요." in lines[1]
+    assert "seq 0 part 1/1 pcm_s16le 31.2 KB 1.00 s (last)" in lines[2]
+    assert "player: playing seq 0" in lines[3]
+    assert '"state": "speaking"' in lines[4]
+    assert lines[-1].strip() == ("latency 2e3f4a5b: first answer +200 ms, first audio +350 ms, playing +400 ms, "
+                                 "done +3000 ms")
+    assert formatter.lines("voicebot/pi-1/answer", b"{broken")[0].endswith("(unreadable: payload is not UTF-8 JSON "
+                                                                           "(Expecting property name enclosed in "
+                                                                           "double quotes: line 1 column 2 (char 1)))")
+
+
+def test_monitor_command_against_a_local_broker(broker, connect):
+    proc = subprocess.Popen([sys.executable, "-m", "voicebot.cli", "monitor", "--broker", broker.url, "--count", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "watching voicebot/#" in proc.stderr.readline()
+        assert proc.stderr.readline().strip() == "ready"
+        t = Topics("voicebot", "mon-pi")
+        device = connect("device")
+        device.publish(t.transcript, encode(TranscriptMessage(request_id="r-1", state="proceeding", text="안녕")),
+                       1).result(5)
+        device.publish(t.event, encode(EventMessage(source="player", type="skipped", request_id="r-1", seq=2,
+                                                    detail="gap timeout")), 1).result(5)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill() if proc.poll() is None else None
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert "mon-pi" in lines[0] and "proceeding" in lines[0] and "“안녕”" in lines[0]
+    assert "player: skipped seq 2  gap timeout" in lines[1]
