@@ -323,3 +323,26 @@ def test_monitor_command_against_a_local_broker(broker, connect):
     assert len(lines) == 2
     assert "mon-pi" in lines[0] and "proceeding" in lines[0] and "“안녕”" in lines[0]
     assert "player: skipped seq 2  gap timeout" in lines[1]
+
+
+def test_deployment_template_names_the_built_components_and_enables_interpolation():
+    deployment = json.loads((ROOT / "deploy" / "deployment.json").read_text())
+    assert ":thinggroup/" in deployment["targetArn"]
+    components = deployment["components"]
+    for d in COMPONENT_DIRS:
+        name, entry = gg_build.read_gdk_config(d)
+        assert components[name]["componentVersion"] == entry["version"]
+    nucleus = json.loads(components["aws.greengrass.Nucleus"]["configurationUpdate"]["merge"])
+    assert nucleus["interpolateComponentConfiguration"] is True
+    for name in ("com.voicebot.VoiceInterpreter", "com.voicebot.VoicePlayer"):
+        merge = json.loads(components[name]["configurationUpdate"]["merge"])
+        defaults = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())[
+            "ComponentConfiguration"]["DefaultConfiguration"]
+        assert set(merge) <= set(defaults) and all(isinstance(v, str) for v in merge.values())
+
+
+def test_token_exchange_role_additions_use_no_wildcard_actions():
+    policy = json.loads((ROOT / "deploy" / "token-exchange-role-policy.json").read_text())
+    actions = [s["Action"] for s in policy["Statement"]]
+    assert actions == ["transcribe:StartStreamTranscription", "s3:GetObject"]
+    assert policy["Statement"][1]["Resource"].startswith("arn:aws:s3:::voicebot-components-")
