@@ -99,12 +99,22 @@ def test_streaming_chunks_give_the_same_sentences(text, expected):
         assert feed_streaming(text, seed) == expected
 
 
-def test_a_sentence_is_released_as_soon_as_the_next_word_starts():
+def test_an_ambiguous_end_waits_for_the_next_word():
     s = SentenceSplitter()
-    assert s.feed("오늘은 맑아요.") == []  # could still be "맑아요.5" — wait for the next character
+    assert s.feed("기온은 25도, 습도는 60%.") == []  # "60%." could still go on
     assert s.feed(" ") == []
-    assert s.feed("내") == ["오늘은 맑아요."]
+    assert s.feed("내") == ["기온은 25도, 습도는 60%."]
     assert s.flush() == ["내"]
+
+
+def test_an_unambiguous_korean_end_is_released_at_once():
+    s = SentenceSplitter()
+    assert s.feed("오늘은 맑아요.") == ["오늘은 맑아요."]  # "요." cannot be a decimal or an abbreviation
+    assert s.feed(" 정말 그래요?") == ["정말 그래요?"]
+    assert s.feed(" 그럼요!") == []  # too short alone ("그럼요!" has 3 letters): merged with what follows
+    assert s.feed(" 좋습니다.") == ["그럼요! 좋습니다."]
+    assert s.feed(" 버전 3.") == []
+    assert s.flush() == ["버전 3."]
 
 
 def test_decimal_is_not_split_while_streaming():

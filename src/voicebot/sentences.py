@@ -3,8 +3,9 @@
 The chat handler feeds model tokens in as they stream and publishes each sentence the moment it is complete, so the
 device can start speaking the first sentence while the model is still writing the rest.
 
-A sentence end is *confirmed* only when the next non-space character arrives (or at ``flush``): until then ``25.``
-could still become ``25.5도`` and ``3:`` could become ``3:30``.
+An ambiguous sentence end is *confirmed* only when the next non-space character arrives (or at ``flush``): until then
+``25.`` could still become ``25.5도`` and ``3:`` could become ``3:30``. An end that cannot be anything else (``요.``,
+``다.``, ``?``, ``!``) is released at once.
 """
 
 from __future__ import annotations
@@ -104,13 +105,19 @@ class SentenceSplitter:
             raw, self._buffer = self._buffer[:end], self._buffer[end:]
             sentence = clean_for_speech(raw)
             if spoken_length(sentence) == 0:
-                continue  # only markup or emoji: nothing to say
+                if self._pending:  # "음." released early, then ".." arrives: keep the ellipsis with it
+                    self._pending += sentence.replace(" ", "")
+                continue  # only markup, punctuation or emoji: nothing to say
             sentence = f"{self._pending} {sentence}" if self._pending else sentence
             if spoken_length(sentence) < self.min_chars:
                 self._pending = sentence
                 continue
             self._pending = ""
             out.append(sentence)
+
+
+def _is_hangul(c: str) -> bool:
+    return "\uac00" <= c <= "\ud7a3"
 
 
 def _next_non_space(text: str, start: int) -> int:
@@ -174,7 +181,11 @@ def _find_boundary(text: str, *, final: bool) -> int | None:
             while end < n and text[end] in TRAILING_CLOSERS:
                 end += 1
             if end == n:
-                return end if final else None
+                # At the end of what has arrived, wait for the next character, unless the end cannot be anything
+                # else: "?", "!", "。" or a period right after a Hangul syllable ("요.", "다.") are never decimals,
+                # times, list numbers or abbreviations. This saves one token's wait on most Korean sentences.
+                unambiguous = text[i] in "?!？！。…" or (text[i] in ".．" and i > 0 and _is_hangul(text[i - 1]))
+                return end if final or (unambiguous and j + 1 == n) else None
             nxt = text[end]
             single = j == i
             if single and c in SOFT_TERMINATORS and not nxt.isspace():
