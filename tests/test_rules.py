@@ -111,3 +111,19 @@ def test_missing_handler_is_reported_at_start(connect):
     rules = load_rules(default_template(), topic_root="voicebot")
     with pytest.raises(RuleSqlError, match="SpeechFunction"):
         RulesEngine(connect("rules"), rules, {"ChatFunction": lambda e: None})
+
+
+def test_mqtt_sockets_have_nagle_off(broker, connect):
+    """Audio parts are over 4 KB: with Nagle on, each waited ~40 ms for a delayed ACK on the local broker."""
+    import socket
+
+    import psutil
+
+    connect("nagle")
+    checked = 0
+    for conn in psutil.Process().net_connections(kind="tcp"):
+        if conn.fd >= 0 and conn.raddr and conn.raddr.port == broker.port:
+            with socket.socket(fileno=__import__("os").dup(conn.fd)) as sock:
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+                checked += 1
+    assert checked >= 1

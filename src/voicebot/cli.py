@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     interp = sub.add_parser("interpreter", help="run the voice-interpreter component (dev mode)")
     _connection_flags(interp)
     interp.add_argument("--source", default="mic", help="mic[:NAME] | wav:PATH (a WAV ends the run when done)")
-    interp.add_argument("--stt", default="vosk", choices=["vosk", "transcribe"])
+    interp.add_argument("--stt", default="vosk", choices=["vosk", "transcribe", "none"],
+                        help="none: VAD only, no recognizer (to measure the interpreter itself)")
     interp.add_argument("--region", default="ap-northeast-2", help="AWS region of Amazon Transcribe")
     interp.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3])
     interp.add_argument("--preroll-ms", type=int, default=300)
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     monitor = sub.add_parser("monitor", help="print every voicebot message as a legible line")
     _connection_flags(monitor)
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
+
+    bench = sub.add_parser("bench", help="latency, gaps, fleet load, footprint and cost, measured on the local stack")
+    from voicebot.bench.main import add_arguments
+
+    add_arguments(bench)
 
     return parser
 
@@ -125,8 +131,10 @@ def cmd_player(args: argparse.Namespace) -> int:
 
 
 def stt_backend(name: str, region: str):
-    from voicebot.edge.stt import TranscribeBackend, VoskBackend
+    from voicebot.edge.stt import NullSttBackend, TranscribeBackend, VoskBackend
 
+    if name == "none":
+        return NullSttBackend()
     return VoskBackend() if name == "vosk" else TranscribeBackend(region=region)
 
 
@@ -150,6 +158,7 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
         _run_until_signal(interpreter.run)
     finally:
         transport.close()
+    print(interpreter.summary(), file=sys.stderr)
     for message in interpreter.published:
         if message.state == "completed":
             print(json.dumps({"requestId": message.request_id, "text": message.text}, ensure_ascii=False))
@@ -190,7 +199,15 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from voicebot.bench.main import main as bench_main
+
+    logging.getLogger().setLevel(logging.WARNING)  # the table is the output
+    return bench_main(args)
+
+
+COMMANDS = {"bench": cmd_bench, "monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player,
+            "interpreter": cmd_interpreter}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,9 @@ class ChatSettings:
     deadline_s: float = 25.0
     """Give up on the model after this long and apologise instead (the device must always say something)."""
     system_prompt: str = SYSTEM_PROMPT
+    stream_sentences: bool = True
+    """False = the source blog's whole-answer behaviour (wait for the full answer, one message): the benchmark's
+    baseline. Never what a device should use."""
 
 
 @dataclass
@@ -143,12 +146,18 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
     splitter = SentenceSplitter()
     try:
         deadline = time.monotonic() + settings.deadline_s
+        held: list[str] = []  # baseline only: the whole answer, spoken at the end
         for chunk in deps.model.stream(messages):
             for sentence in splitter.feed(chunk.text):
-                out.send(sentence)  # the moment it is complete: the device starts speaking now
+                if settings.stream_sentences:
+                    out.send(sentence)  # the moment it is complete: the device starts speaking now
+                else:
+                    held.append(sentence)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"model did not finish within {settings.deadline_s:.0f} s")
-        rest = splitter.flush()
+        rest = held + splitter.flush()
+        if not settings.stream_sentences and rest:
+            rest = [" ".join(rest)]
         for i, sentence in enumerate(rest):
             out.send(sentence, last=i == len(rest) - 1)
         if not out.sentences:

@@ -66,6 +66,8 @@ class LoopbackChatModel(BaseChatModel):
     answer: str | None = None
     first_token_delay_s: float = 0.0
     tokens_per_s: float = 0.0
+    token_chars: int = 0
+    """0: one token per word; N: tokens of N characters (closer to how Claude tokenizes Korean)."""
 
     @property
     def _llm_type(self) -> str:
@@ -89,7 +91,9 @@ class LoopbackChatModel(BaseChatModel):
         text = self.reply_for(messages)
         if self.first_token_delay_s:
             time.sleep(self.first_token_delay_s)  # simulated time-to-first-token
-        for i, token in enumerate(_TOKEN.findall(text)):
+        tokens = ([text[i : i + self.token_chars] for i in range(0, len(text), self.token_chars)]
+                  if self.token_chars else _TOKEN.findall(text))
+        for i, token in enumerate(tokens):
             if self.tokens_per_s and i:
                 time.sleep(1.0 / self.tokens_per_s)  # simulated generation speed
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=token))

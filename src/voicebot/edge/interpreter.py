@@ -78,6 +78,8 @@ class Interpreter:
         self.player_request: str | None = None
         self.muted_until = 0.0
         self.frames_seen = 0
+        self.stt_bytes = 0  # audio that reached the recognizer (the VAD keeps silence away from it)
+        self.utterances = 0
         self.published: list[TranscriptMessage] = []
         self.state_changed = asyncio.Event()
         self._utterance: _Utterance | None = None
@@ -159,6 +161,11 @@ class Interpreter:
             self.muted_until = self.clock() + self.settings.echo_tail_s
         self.state_changed.set()
 
+    def summary(self) -> str:
+        heard = self.frames_seen * self.settings.vad.frame_ms / 1000
+        return (f"interpreter: {self.utterances} utterances; {self.stt_bytes / 2 / 16_000:.1f} s of {heard:.1f} s "
+                f"heard went to speech recognition")
+
     def muted(self) -> bool:
         return self.speaking or self.clock() < self.muted_until
 
@@ -182,10 +189,13 @@ class Interpreter:
                 utterance = _Utterance(new_request_id(), UtteranceTranscriber(
                     self.stt, on_partial=lambda text: self._on_partial(utterance, text), retry=self.settings.retry))
                 self._utterance = utterance
+                self.utterances += 1
                 await utterance.transcriber.start()
                 for frame in event.preroll:
+                    self.stt_bytes += len(frame)
                     await utterance.transcriber.send(frame)
             elif isinstance(event, SpeechAudio) and self._utterance:
+                self.stt_bytes += len(event.frame)
                 await self._utterance.transcriber.send(event.frame)
             elif isinstance(event, SpeechEnded) and self._utterance:
                 utterance, self._utterance = self._utterance, None

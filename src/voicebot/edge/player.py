@@ -227,7 +227,8 @@ class Player:
     """One asyncio loop: messages in (handed off from transport threads), sink out, events and local state out."""
 
     def __init__(self, transport: Transport, topics: Topics, sink: AudioSink, settings: PlayerSettings | None = None,
-                 *, clock: Callable[[], float] = time.monotonic) -> None:
+                 *, clock: Callable[[], float] = time.monotonic,
+                 on_event: Callable[[EventMessage], None] | None = None) -> None:
         self.transport = transport
         self.topics = topics
         self.sink = sink
@@ -235,9 +236,11 @@ class Player:
         self.volume = self.settings.volume
         self.queue = PlaybackQueue(gap_timeout_s=self.settings.gap_timeout_s)
         self.clock = clock
+        self.on_event = on_event
         self.state = ""  # unknown until the first state is published
         self.ready = asyncio.Event()
         self.events: list[EventMessage] = []
+        self.timeline: list[tuple[float, EventMessage]] = []  # (clock, event): what the benchmark measures
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.outbox = Outbox(transport, "player")
         self._playing: asyncio.Task[None] | None = None
@@ -377,6 +380,9 @@ class Player:
               detail: str | None = None) -> None:
         event = EventMessage(source="player", type=type_, request_id=request_id, seq=seq, last=last, detail=detail)
         self.events.append(event)
+        self.timeline.append((self.clock(), event))
+        if self.on_event:
+            self.on_event(event)
         self._send(self.topics.event, event, QOS_AT_LEAST_ONCE)
 
     def _set_state(self, state: str, request_id: str | None) -> None:

@@ -178,6 +178,25 @@ class TranscribeSession:
         return None
 
 
+class NullSttBackend:
+    """Hears nothing: the interpreter with VAD only and no recognizer (to measure its own footprint)."""
+
+    name = "none"
+
+    async def open(self) -> VoskSession:
+        class Nothing:
+            def AcceptWaveform(self, pcm: bytes) -> bool:  # noqa: N802 - Vosk's spelling
+                return False
+
+            def PartialResult(self) -> str:  # noqa: N802
+                return "{}"
+
+            def FinalResult(self) -> str:  # noqa: N802
+                return "{}"
+
+        return VoskSession(Nothing())
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # One utterance, with reconnects
 # --------------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import threading
 import uuid
 from collections.abc import Callable
@@ -158,6 +160,7 @@ class Mqtt5Transport:
             if settings.ca:
                 tls.override_default_trust_store_from_path(None, settings.ca)
             self.description = f"IoT Core {settings.endpoint}"
+            self._peer = (settings.endpoint, 8883)
             options = mqtt5.ClientOptions(
                 host_name=settings.endpoint, port=8883, tls_ctx=io.ClientTlsContext(tls), **common
             )
@@ -166,6 +169,7 @@ class Mqtt5Transport:
             if url.scheme not in ("mqtt", "tcp"):
                 raise TransportError(f"unsupported broker URL {settings.broker!r} (use mqtt://HOST:PORT)")
             self.description = f"mqtt://{url.hostname}:{url.port or 1883}"
+            self._peer = (url.hostname or "127.0.0.1", url.port or 1883)
             options = mqtt5.ClientOptions(host_name=url.hostname or "127.0.0.1", port=url.port or 1883, **common)
         self._client = mqtt5.Client(options)
         self._client.start()
@@ -180,6 +184,7 @@ class Mqtt5Transport:
         self._subs.dispatch(packet.topic, bytes(packet.payload or b""))
 
     def _on_connected(self, data) -> None:  # LifecycleConnectSuccessData
+        disable_nagle(self._peer)
         resumed = bool(data.connack_packet and data.connack_packet.session_present)
         if self._connected.is_set():
             log.info("reconnected to %s (session %s)", self.description, "resumed" if resumed else "new")
@@ -223,6 +228,25 @@ class Mqtt5Transport:
             return
         self._closed = True
         self._client.stop()
+
+
+def disable_nagle(peer: tuple[str, int]) -> None:
+    """Set TCP_NODELAY on this process's sockets to ``peer``.
+
+    The awscrt release that amazon-transcribe pins opens sockets with Nagle's algorithm on (the option arrived in
+    aws-c-io in 2026), so any publish over about 4 KB (an audio part) waited ~40 ms for a delayed ACK. The socket is
+    the CRT's; we only flip one option on it.
+    """
+    try:
+        import psutil
+
+        host_ips = {info[4][0] for info in socket.getaddrinfo(peer[0], peer[1], proto=socket.IPPROTO_TCP)}
+        for conn in psutil.Process().net_connections(kind="tcp"):
+            if conn.fd >= 0 and conn.raddr and conn.raddr.port == peer[1] and conn.raddr.ip in host_ips:
+                with socket.socket(fileno=os.dup(conn.fd)) as sock:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (ImportError, OSError) as exc:
+        log.debug("could not set TCP_NODELAY towards %s: %s", peer, exc)
 
 
 def _map_future(source: Future, fn: Callable) -> Future:

@@ -36,6 +36,10 @@ class MosquittoBroker:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
@@ -52,6 +56,7 @@ class MosquittoBroker:
             "allow_anonymous true\n"
             "persistence false\n"
             "max_packet_size 1048576\n"
+            "set_tcp_nodelay true\n"  # no Nagle delays on small MQTT packets (latency is the product)
             "log_dest stderr\n"
             "log_type error\n"
             "log_type warning\n"

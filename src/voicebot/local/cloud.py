@@ -6,6 +6,8 @@ the Lambdas; the handlers, the rule SQL and the protocol are the production ones
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,10 @@ class LocalCloud:
     template: Path | None = None
     chat_settings: ChatSettings | None = None
     outcomes: list[Any] = field(default_factory=list)
+    max_workers: int = 16
+    """Concurrent handler invocations (Lambda scales out; the benchmark's fleet raises this)."""
+    on_invoke: Callable[[str, dict[str, Any], float, float], None] | None = None
+    """Called after each invocation with (function, event, start, end) on the monotonic clock (benchmark timing)."""
 
     def __post_init__(self) -> None:
         self.transport = Mqtt5Transport(ConnectionSettings(broker=self.broker_url), client_id="voicebot-local-rules")
@@ -54,9 +60,20 @@ class LocalCloud:
         self.speech = SpeechDeps(tts=self.tts, publisher=publisher, settings=SpeechSettings(topic_root=self.topic_root))
         rules = load_rules(self.template or default_template(), topic_root=self.topic_root)
         self.engine = RulesEngine(self.transport, rules, {
-            "ChatFunction": self._chat,
-            "SpeechFunction": lambda event: speak_sentence(event, self.speech),
-        }).start()
+            "ChatFunction": self._timed("ChatFunction", self._chat),
+            "SpeechFunction": self._timed("SpeechFunction", lambda event: speak_sentence(event, self.speech)),
+        }, max_workers=self.max_workers).start()
+
+    def _timed(self, name: str, handler: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
+        def invoke(event: dict[str, Any]) -> Any:
+            start = time.monotonic()
+            try:
+                return handler(event)
+            finally:
+                if self.on_invoke:
+                    self.on_invoke(name, event, start, time.monotonic())
+
+        return invoke
 
     def _chat(self, event: dict[str, Any]) -> None:
         self.outcomes.append(answer_transcript(event, self.chat))

@@ -1,0 +1,274 @@
+"""``voicebot bench``: latency waterfall, streaming vs whole-answer baseline, gaps, fleet load, footprint, cost.
+
+Every figure comes from one run of the real local stack with synthetic backends whose latencies are parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from voicebot.bench import cost, footprint
+from voicebot.bench.synthetic import SyntheticChatModel
+from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
+from voicebot.sentences import SentenceSplitter
+
+TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100}
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 1)
+
+
+def p50_p95(values: list[float]) -> dict[str, float | None]:
+    return {"p50": pct(values, 0.5), "p95": pct(values, 0.95)}
+
+
+def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int) -> dict[str, Any]:
+    """One turn's waterfall (ms from the transcript's publish) and what the backends spent on its critical path."""
+    call = model.calls.get(turn.question)
+    first_seq = min(turn.playing) if turn.playing else None
+    ms = lambda t: None if t is None else round((t - turn.t0) * 1000, 1)  # noqa: E731
+    out: dict[str, Any] = {
+        "mode": turn.mode, "thing": turn.thing, "request_id": turn.request_id,
+        "chat_invoked": ms(turn.chat[0]) if turn.chat else None,
+        "first_token": ms(call.tokens[0][0]) if call and call.tokens else None,
+        "first_sentence": ms(turn.first_sentence), "first_audio": ms(turn.first_audio),
+        "first_playing": ms(turn.playing[first_seq]) if first_seq is not None else None,
+        "last_played": ms(max(turn.played.values())) if turn.played else None,
+        "sentences": [(seq, ms(turn.playing[seq]), ms(turn.played.get(seq))) for seq in sorted(turn.playing)],
+        "gaps_ms": [round((turn.playing[k] - turn.played[k - 1]) * 1000, 1)
+                    for k in sorted(turn.playing) if k - 1 in turn.played],
+        "lost": max(0, expected_sentences - len(turn.played)),
+    }
+    if call and call.tokens and turn.tts_first and out["first_playing"] is not None:
+        llm_end = call.first_sentence_at() if turn.mode != "baseline" else call.tokens[-1][0]
+        backend_s = (llm_end - call.started) + (turn.tts_first[1] - turn.tts_first[0])
+        out["backend_ms"] = round(backend_s * 1000, 1)
+        out["overhead_ms"] = round(out["first_playing"] - backend_s * 1000, 1)
+    return out
+
+
+def count_sentences(answer: str) -> int:
+    s = SentenceSplitter()
+    return len(s.feed(answer) + s.flush())
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    backends = BackendSettings(ttft_s=args.ttft_ms / 1000, tokens_per_s=args.tokens_per_s,
+                               tts_base_s=args.tts_base_ms / 1000, tts_per_char_s=args.tts_per_char_ms / 1000,
+                               audio_s_per_char=args.audio_ms_per_char / 1000)
+    turns = args.turns or (3 if args.quick else 10)
+    fleet_rounds = args.fleet_turns or (1 if args.quick else 3)
+    expected = count_sentences(backends.answer)
+    started = time.monotonic()
+    stack = start_stack(backends, workers=max(32, args.devices * 6))
+    try:
+        stack.set_streaming(True)
+        streaming = asyncio.run(sequential_turns(stack, "streaming", turns))
+        stack.set_streaming(False)
+        baseline = asyncio.run(sequential_turns(stack, "baseline", turns))
+        stack.set_streaming(True)
+        fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds, spread_s=args.fleet_spread_s))
+        foot = footprint.measure(stack.broker.url, minutes=args.input_minutes) if not args.skip_footprint else None
+    finally:
+        stack.close()
+
+    s_rows = [analyse(t, stack.model, expected) for t in streaming]
+    b_rows = [analyse(t, stack.model, 1) for t in baseline]
+    f_rows = [analyse(t, stack.model, expected) for t in fleet]
+    ttfa_s = statistics.median([r["first_playing"] for r in s_rows if r["first_playing"] is not None])
+    ttfa_b = statistics.median([r["first_playing"] for r in b_rows if r["first_playing"] is not None])
+
+    # Cost per turn from what the streaming turns actually did.
+    n = len(streaming)
+    prices = cost.UnitPrices(transcribe_per_min=args.price_transcribe_per_min,
+                             haiku_input_per_mtok=args.price_haiku_input, haiku_output_per_mtok=args.price_haiku_output,
+                             polly_neural_per_mchar=args.price_polly_per_mchar,
+                             iot_per_m_messages=args.price_iot_per_m)
+    utter_s = (foot["interpreter_vosk"]["stt_seconds"] / max(1, foot["interpreter_vosk"]["utterances"])
+               if foot else 3.0)
+    counts = cost.TurnCounts(
+        utterance_s=utter_s,
+        prompt_chars=statistics.mean(stack.model.calls[t.question].prompt_chars for t in streaming),
+        answer_chars=statistics.mean(t.answer_chars for t in streaming),
+        polly_chars=statistics.mean(t.answer_chars for t in streaming),
+        iot_units=sum(t.message_units for t in streaming) / n,
+        rules_triggered=sum(1 + t.answers for t in streaming) / n,
+        lambda_gb_s=sum((t.chat[1] - t.chat[0]) * 0.5 + sum(t.speech_spans) * 0.25 for t in streaming if t.chat) / n,
+        lambda_requests=sum(1 + len(t.speech_spans) for t in streaming) / n,
+    )
+    parts = cost.per_turn(counts, prices)
+    false_streams = max(0, foot["interpreter_vosk"]["utterances"] - len(footprint.UTTERANCES)) if foot else 0
+    idle_vad, idle_no_vad = cost.idle_device_day(
+        prices, false_streams_per_day=false_streams * 1440 / args.input_minutes, mean_stream_s=utter_s)
+
+    overhead_s = [r["overhead_ms"] for r in s_rows if "overhead_ms" in r]
+    gaps = [g for r in s_rows for g in r["gaps_ms"]]
+    representative = sorted(s_rows, key=lambda r: r["first_playing"] or 0)[len(s_rows) // 2]
+    baseline_rep = sorted(b_rows, key=lambda r: r["first_playing"] or 0)[len(b_rows) // 2]
+    result: dict[str, Any] = {
+        "machine": {"cpus": psutil.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "parameters": {**asdict(backends), "turns": turns, "devices": args.devices, "fleet_turns": fleet_rounds,
+                       "quick": args.quick, "fleet_spread_s": args.fleet_spread_s},
+        "overhead_ms": p50_p95(overhead_s),
+        "ttfa_ms": {"streaming": ttfa_s, "baseline": ttfa_b},
+        "ttfa_ratio": round(ttfa_s / ttfa_b, 3),
+        "gap_ms": p50_p95(gaps),
+        "load": {"devices": args.devices, "turns": len(fleet), "lost": sum(r["lost"] for r in f_rows),
+                 "overhead_ms": p50_p95([r["overhead_ms"] for r in f_rows if "overhead_ms" in r]),
+                 "ttfa_ms": p50_p95([r["first_playing"] for r in f_rows if r["first_playing"] is not None]),
+                 "gap_ms": p50_p95([g for r in f_rows for g in r["gaps_ms"]]), **fleet_cpu},
+        "footprint": ({"interpreter_rss_mb": foot["interpreter_vosk"]["rss_mb"],
+                       "interpreter_transcribe_shaped_rss_mb": foot["interpreter_transcribe_shaped"]["rss_mb"],
+                       "player_rss_mb": foot["player"]["rss_mb"], **foot} if foot else None),
+        "cost_usd": {"per_turn": round(sum(parts.values()), 6), "parts": parts,
+                     "idle_device_day_vad": idle_vad, "idle_device_day_no_vad": idle_no_vad,
+                     "counts": asdict(counts), "prices": cost.prices_dict(prices)},
+        "targets": TARGETS,
+        "turns": {"streaming": s_rows, "baseline": b_rows, "fleet": f_rows, "representative": representative,
+                  "baseline_representative": baseline_rep},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    return result
+
+
+def table(r: dict[str, Any]) -> str:
+    def row(name: str, value: Any, target: str = "") -> str:
+        return f"  {name:<44} {value!s:>22}  {target}"
+
+    f = r["footprint"] or {}
+    lines = [
+        f"voicebot bench ({'quick' if r['parameters']['quick'] else 'full'}, {r['seconds']} s) on "
+        f"{r['machine']['cpus']} CPUs / {r['machine']['memory_gb']} GB",
+        row("pipeline overhead p50 / p95 (ms)", f"{r['overhead_ms']['p50']} / {r['overhead_ms']['p95']}",
+            f"target p95 <= {TARGETS['overhead_p95_ms']}"),
+        row("time to first audio, streaming (ms)", r["ttfa_ms"]["streaming"]),
+        row("time to first audio, whole-answer baseline (ms)", r["ttfa_ms"]["baseline"]),
+        row("ttfa ratio streaming / baseline", r["ttfa_ratio"], f"target <= {TARGETS['ttfa_ratio']}"),
+        row("gap between sentences p50 / p95 (ms)", f"{r['gap_ms']['p50']} / {r['gap_ms']['p95']}",
+            f"target p95 <= {TARGETS['gap_p95_ms']}"),
+        row(f"fleet: {r['load']['devices']} devices, {r['load']['turns']} turns, lost", r["load"]["lost"], "target 0"),
+        row("fleet overhead p50 / p95 (ms)", f"{r['load']['overhead_ms']['p50']} / {r['load']['overhead_ms']['p95']}",
+            f"target p95 <= {TARGETS['load_overhead_p95_ms']}"),
+        row("fleet CPU: this process / mosquitto (%)",
+            f"{r['load']['process_cpu_percent']} / {r['load']['broker_cpu_percent']}"),
+    ]
+    if f:
+        vosk, vad = f["interpreter_vosk"], f["interpreter_transcribe_shaped"]
+        lines += [
+            row("interpreter RSS: Vosk / Transcribe-shaped (MB)", f"{vosk['rss_mb']} / {vad['rss_mb']}"),
+            row("interpreter CPU at real time: Vosk / VAD only (%)",
+                f"{vosk['cpu_percent_realtime']} / {vad['cpu_percent_realtime']}"),
+            row("player RSS (MB)", f["player"]["rss_mb"]),
+            row(f"audio sent to STT of {vosk['input_seconds']:.0f} s input (s)",
+                f"{vosk['stt_seconds']} ({vosk['utterances']} utt.)"),
+            row("espeak-ng per sentence (ms) / Vosk real-time factor",
+                f"{f['real_backends']['espeak_ms_per_sentence']} / {f['real_backends']['vosk_rtf']}"),
+        ]
+    c = r["cost_usd"]
+    lines += [
+        row("cost per turn (USD)", f"{c['per_turn']:.5f}"),
+        row("idle device-day STT: VAD / no VAD (USD)", f"{c['idle_device_day_vad']} / {c['idle_device_day_no_vad']}"),
+    ]
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(11, 8), gridspec_kw={"height_ratios": [3, 2]})
+    rows: list[tuple[str, str, float, float]] = []
+    for label, rep, color in (("streaming", r["turns"]["representative"], "tab:blue"),
+                              ("baseline", r["turns"]["baseline_representative"], "tab:orange")):
+        for key, name in (("chat_invoked", "chat invoked"), ("first_token", "first token"),
+                          ("first_sentence", "answer published"), ("first_audio", "audio published")):
+            if rep.get(key) is not None:
+                rows.append((f"{label}: {name}", color, 0.0, rep[key]))
+        for seq, start, end in rep["sentences"]:
+            if start is not None and end is not None:
+                rows.append((f"{label}: sentence {seq} playing", color, start, end - start))
+    for i, (_, color, start, width) in enumerate(rows):
+        # milestones are drawn from 0 (how long until ...), playback as the span it lasted
+        ax.barh(i, max(width, 2), left=start, color=color, alpha=0.85 if start else 0.35)
+        if not start:
+            ax.text(width + 30, i, f"{width:.0f} ms", va="center", fontsize=7)
+    ax.set_yticks(range(len(rows)), [r_[0] for r_ in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time since the transcript was published (ms)")
+    ax.set_title("one representative turn: streaming (blue, above) vs whole-answer baseline (orange, below)")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color="tab:blue", label="streaming"), Patch(color="tab:orange", label="baseline")],
+              loc="upper right")
+    import numpy as np
+
+    series = [
+        (f"streaming, {r['load']['devices']} devices at once", "tab:green",
+         [t["first_playing"] for t in r["turns"]["fleet"]]),
+        ("streaming, one device", "tab:blue", [t["first_playing"] for t in r["turns"]["streaming"]]),
+        ("baseline, one device", "tab:orange", [t["first_playing"] for t in r["turns"]["baseline"]]),
+    ]
+    values = [v for _, _, vs in series for v in vs if v is not None]
+    bins = np.histogram_bin_edges(values, bins=40) if values else 10
+    for label, color, vs in series:
+        vs = [v for v in vs if v is not None]
+        if vs:
+            hist.hist(vs, bins=bins, color=color, alpha=0.7, label=f"{label} (median {statistics.median(vs):.0f} ms)")
+    hist.set_xlabel("time to first audio (ms)")
+    hist.set_ylabel("turns")
+    hist.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer turns (under 2 minutes on 2 cores)")
+    p.add_argument("--json", type=Path, help="write every figure to this file")
+    p.add_argument("--plot", type=Path, help="write the waterfall and TTFA distribution to this PNG")
+    p.add_argument("--turns", type=int, default=0, help="sequential turns per mode (default 3 quick, 10 full)")
+    p.add_argument("--devices", type=int, default=100, help="simulated devices in the fleet phase")
+    p.add_argument("--fleet-turns", type=int, default=0, help="turns per device in the fleet phase (1 quick, 3 full)")
+    p.add_argument("--fleet-spread-s", type=float, default=1.0,
+                   help="devices start within this many seconds (0: all at the same instant)")
+    p.add_argument("--ttft-ms", type=float, default=600)
+    p.add_argument("--tokens-per-s", type=float, default=80)
+    p.add_argument("--tts-base-ms", type=float, default=120)
+    p.add_argument("--tts-per-char-ms", type=float, default=2)
+    p.add_argument("--audio-ms-per-char", type=float, default=80, help="synthetic speech length per character")
+    p.add_argument("--input-minutes", type=float, default=10, help="length of the long interpreter input")
+    p.add_argument("--skip-footprint", action="store_true")
+    p.add_argument("--price-transcribe-per-min", type=float, default=cost.UnitPrices.transcribe_per_min)
+    p.add_argument("--price-haiku-input", type=float, default=cost.UnitPrices.haiku_input_per_mtok)
+    p.add_argument("--price-haiku-output", type=float, default=cost.UnitPrices.haiku_output_per_mtok)
+    p.add_argument("--price-polly-per-mchar", type=float, default=cost.UnitPrices.polly_neural_per_mchar)
+    p.add_argument("--price-iot-per-m", type=float, default=cost.UnitPrices.iot_per_m_messages)
+
+
+def main(args: argparse.Namespace) -> int:
+    result = run(args)
+    print(table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, ensure_ascii=False, indent=1))
+    if args.plot:
+        plot(result, args.plot)
+    return 0

@@ -1,0 +1,52 @@
+"""The benchmark runs end to end on a small scale (the real figures come from `voicebot bench`, never from tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from voicebot.bench import cost, footprint
+
+
+def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "voicebot.cli", "bench", "--turns", "2", "--devices", "5", "--fleet-turns", "1",
+         "--skip-footprint", "--ttft-ms", "100", "--tokens-per-s", "200", "--audio-ms-per-char", "4",
+         "--json", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert set(r["overhead_ms"]) == {"p50", "p95"} and r["overhead_ms"]["p50"] is not None
+    assert r["ttfa_ms"]["streaming"] < r["ttfa_ms"]["baseline"] and 0 < r["ttfa_ratio"] < 1
+    assert r["load"]["devices"] == 5 and r["load"]["turns"] == 5 and r["load"]["lost"] == 0
+    assert set(r["load"]["overhead_ms"]) == {"p50", "p95"}
+    assert r["gap_ms"]["p50"] is not None
+    assert r["cost_usd"]["per_turn"] > 0 and r["cost_usd"]["idle_device_day_no_vad"] == 34.56
+    assert len(r["turns"]["representative"]["sentences"]) == 4  # the four-sentence answer, each played
+    assert png.stat().st_size > 20_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "pipeline overhead" in proc.stdout and "ttfa ratio" in proc.stdout
+
+
+def test_footprint_on_a_short_input(broker):
+    result = footprint.measure(broker.url, minutes=0.5)
+    vosk, vad = result["interpreter_vosk"], result["interpreter_transcribe_shaped"]
+    assert vosk["utterances"] == 3 and vad["utterances"] == 3  # the three spoken questions, nothing else
+    assert 0 < vosk["stt_seconds"] < vosk["input_seconds"] / 2  # the silence never reached the recognizer
+    assert vosk["rss_mb"] > vad["rss_mb"] > 20  # the Korean model is what makes the difference
+    assert result["player"]["played"] and result["player"]["rss_mb"] > 20
+    assert result["real_backends"]["vosk_rtf"] > 0 and result["real_backends"]["espeak_ms_per_sentence"] > 0
+
+
+def test_cost_model():
+    p = cost.UnitPrices()
+    counts = cost.TurnCounts(utterance_s=3, prompt_chars=1200, answer_chars=120, polly_chars=120, iot_units=40,
+                             rules_triggered=6, lambda_gb_s=1.0, lambda_requests=6)
+    parts = cost.per_turn(counts, p)
+    assert parts["transcribe"] == round(15 / 60 * 0.024, 7)  # the 15 s minimum per stream applies
+    assert parts["bedrock_input"] == round(1000 / 1e6 * 1.0, 7)
+    assert parts["polly"] == round(120 / 1e6 * 16, 7)
+    assert cost.idle_device_day(p, false_streams_per_day=0, mean_stream_s=3) == (0.0, 34.56)
+    assert cost.idle_device_day(p, false_streams_per_day=100, mean_stream_s=3)[0] == round(100 * 0.25 * 0.024, 4)
+    assert cost.units(5120) == 1 and cost.units(5121) == 2
