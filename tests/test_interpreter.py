@@ -297,3 +297,16 @@ def test_stop_word_while_speaking_cancels_the_answer(connect, topics):
     asyncio.run(main())
     messages = [json.loads(p) for p in control.wait_for(lambda ms: len(ms) >= 1, 10) and control.on(topics.control)]
     assert messages[0]["action"] == "cancel" and messages[0]["requestId"] == "answer-1"
+
+
+def test_live_configuration_changes_vad_tail_and_stop_word(topics, connect, vosk):
+    interpreter = Interpreter(connect("interpreter"), topics, PushSource(), vosk)
+    old_vad = interpreter.vad
+    interpreter.apply_config({"HangoverMs": "900", "VadAggressiveness": "3", "EchoTailS": "0.2", "StopWord": "멈춰",
+                              "PrerollMs": "oops"})
+    s = interpreter.settings
+    assert s.vad.hangover_ms == 900 and s.vad.aggressiveness == 3 and s.vad.preroll_ms == 300  # bad value: kept
+    assert s.echo_tail_s == 0.2 and s.stop_word_enabled and s.stop_word == "멈춰"
+    assert interpreter.vad is not old_vad and interpreter.vad.settings == s.vad  # between utterances: at once
+    interpreter.apply_config({"StopWord": ""})
+    assert not interpreter.settings.stop_word_enabled

@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
 
     bench = sub.add_parser("bench", help="latency, gaps, fleet load, footprint and cost, measured on the local stack")
-    from voicebot.bench.main import add_arguments
+    from voicebot.bench.options import add_arguments
 
     add_arguments(bench)
 

@@ -68,17 +68,36 @@ def _run(cmd: list[str], *, until_ready: threading.Event | None = None, drive=No
     err_lines: list[str] = []
     reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
     reader.start()
+    # Peak RSS of the component itself: VmHWM of its own address space. (ru_maxrss from wait4 would also count the
+    # forked copy of this benchmark process before exec.)
+    peak = [0]
+    done = threading.Event()
+
+    def watch_rss() -> None:
+        status = Path(f"/proc/{proc.pid}/status")
+        while not done.is_set():
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak[0] = max(peak[0], int(line.split()[1]))
+            except (OSError, ValueError):
+                return
+            done.wait(0.05)  # sampling interval of the measurement, not a synchronisation
+
+    watcher = threading.Thread(target=watch_rss, daemon=True)
+    watcher.start()
     if drive is not None:
         if until_ready is not None and not until_ready.wait(60):
             proc.kill()
             raise RuntimeError(f"{cmd[3]} did not come up")
         drive()
         proc.send_signal(signal.SIGTERM)
-    _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak RSS and CPU
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's own CPU time
+    done.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     reader.join(5)
-    return ProcessUse(usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, time.monotonic() - start,
-                      "".join(err_lines))
+    watcher.join(5)
+    return ProcessUse(peak[0] / 1024, usage.ru_utime + usage.ru_stime, time.monotonic() - start, "".join(err_lines))
 
 
 def interpreter_footprint(broker_url: str, wav: Path, stt: str) -> dict[str, float]:

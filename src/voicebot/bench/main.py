@@ -241,29 +241,6 @@ def plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="fewer turns (under 2 minutes on 2 cores)")
-    p.add_argument("--json", type=Path, help="write every figure to this file")
-    p.add_argument("--plot", type=Path, help="write the waterfall and TTFA distribution to this PNG")
-    p.add_argument("--turns", type=int, default=0, help="sequential turns per mode (default 3 quick, 10 full)")
-    p.add_argument("--devices", type=int, default=100, help="simulated devices in the fleet phase")
-    p.add_argument("--fleet-turns", type=int, default=0, help="turns per device in the fleet phase (1 quick, 3 full)")
-    p.add_argument("--fleet-spread-s", type=float, default=1.0,
-                   help="devices start within this many seconds (0: all at the same instant)")
-    p.add_argument("--ttft-ms", type=float, default=600)
-    p.add_argument("--tokens-per-s", type=float, default=80)
-    p.add_argument("--tts-base-ms", type=float, default=120)
-    p.add_argument("--tts-per-char-ms", type=float, default=2)
-    p.add_argument("--audio-ms-per-char", type=float, default=80, help="synthetic speech length per character")
-    p.add_argument("--input-minutes", type=float, default=10, help="length of the long interpreter input")
-    p.add_argument("--skip-footprint", action="store_true")
-    p.add_argument("--price-transcribe-per-min", type=float, default=cost.UnitPrices.transcribe_per_min)
-    p.add_argument("--price-haiku-input", type=float, default=cost.UnitPrices.haiku_input_per_mtok)
-    p.add_argument("--price-haiku-output", type=float, default=cost.UnitPrices.haiku_output_per_mtok)
-    p.add_argument("--price-polly-per-mchar", type=float, default=cost.UnitPrices.polly_neural_per_mchar)
-    p.add_argument("--price-iot-per-m", type=float, default=cost.UnitPrices.iot_per_m_messages)
-
-
 def main(args: argparse.Namespace) -> int:
     result = run(args)
     print(table(result))

@@ -75,14 +75,30 @@ def publish_and_wait(transport: Transport, topic: str, payload: bytes, qos: int,
 
 
 class Outbox:
-    """Publishes without blocking the caller's loop, logs failures, and can wait until everything went out."""
+    """Publishes without blocking the caller's loop, logs failures, and can wait until everything went out.
 
-    def __init__(self, transport: Transport, owner: str) -> None:
+    While the connection is down, QoS1 messages wait in the client's offline queue and go out on reconnect; at most
+    ``max_pending`` of them, so a device offline for hours does not grow without bound (newer ones are dropped).
+    """
+
+    def __init__(self, transport: Transport, owner: str, *, max_pending: int = 500) -> None:
         self.transport = transport
         self.owner = owner
+        self.max_pending = max_pending
+        self.dropped = 0
         self._pending: set[Future[None]] = set()
 
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
     def send(self, topic: str, payload: bytes, qos: int) -> None:
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.error("%s: %d messages are waiting for the connection; dropped %d (latest to %s)", self.owner,
+                          len(self._pending), self.dropped, topic)
+            return
         try:
             future = self.transport.publish(topic, payload, qos)
         except Exception as exc:  # the transport refused outright (closed): report, keep running
