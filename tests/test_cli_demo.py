@@ -63,3 +63,12 @@ def test_interpreter_command_names_missing_connection_and_bad_source(broker):
     assert "give --broker" in run_cli("interpreter", "--source", "wav:/nope.wav").stderr
     proc = run_cli("interpreter", "--broker", broker.url, "--source", "wav:/nope.wav")
     assert proc.returncode == 2 and "no such audio file" in proc.stderr
+
+
+def test_demo_audio_with_only_silence_says_so(tmp_path):
+    from tests.speech_fixtures import silence, write_wav
+
+    wav = write_wav(tmp_path / "quiet.wav", silence(2.0))
+    proc = run_cli("demo", "--audio", str(wav), "--out", str(tmp_path / "out"), "--llm", "loopback")
+    assert proc.returncode == 1
+    assert f"no speech was recognised in {wav}" in proc.stderr

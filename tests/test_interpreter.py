@@ -310,3 +310,32 @@ def test_live_configuration_changes_vad_tail_and_stop_word(topics, connect, vosk
     assert interpreter.vad is not old_vad and interpreter.vad.settings == s.vad  # between utterances: at once
     interpreter.apply_config({"StopWord": ""})
     assert not interpreter.settings.stop_word_enabled
+
+
+def test_a_wrong_audio_device_is_named_with_the_choices():
+    from voicebot.edge.audio import AudioError, open_sink, open_source
+
+    for opener, spec, kind in ((open_source, "mic:no-such-mic", "input"), (open_sink, "device:no-such-speaker", "output")):
+        with pytest.raises(AudioError, match=f"no {kind} device 'no-such-(mic|speaker)'; available: "):
+            opener(spec)
+
+
+def test_wav_source_resamples_any_rate_and_channels_to_16k_mono_frames(tmp_path):
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(44_100 * 3) / 44_100
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 440 * t)], axis=1) * 0.5
+    path = tmp_path / "stereo.wav"
+    sf.write(path, stereo, 44_100)
+    source = WavSource(path, frame_ms=20)
+
+    async def collect() -> list[bytes]:
+        return [f async for f in source.frames()]
+
+    frames = asyncio.run(collect())
+    assert source.seconds == 3.0
+    assert all(len(f) == 640 for f in frames) and abs(len(frames) - 150) <= 1
+    pcm = np.frombuffer(b"".join(frames), dtype="<i2")
+    spectrum = np.abs(np.fft.rfft(pcm[16_000:32_000]))
+    assert abs(int(np.argmax(spectrum)) - 440) <= 1  # still a 440 Hz tone after resampling

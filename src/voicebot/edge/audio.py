@@ -11,7 +11,7 @@ import io
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -123,22 +123,26 @@ class WavSink:
             self._file.close()
 
 
+def find_device(device: str | int | None, kind: str) -> tuple[Any, str | int | None, Any]:
+    """PortAudio device by name fragment or index (``kind`` is "input" or "output"); a wrong one lists the choices."""
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # PortAudio missing
+        raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
+    if isinstance(device, str) and device.isdigit():
+        device = int(device)
+    try:
+        return sd, device, sd.query_devices(device, kind)
+    except (ValueError, sd.PortAudioError) as exc:
+        names = [d["name"] for d in sd.query_devices() if d[f"max_{kind}_channels"] > 0]
+        raise AudioError(f"no {kind} device {device!r}; available: {names}") from exc
+
+
 class SoundDeviceSink:
     """A real speaker through PortAudio (sounddevice). ``device`` is a name fragment or an index."""
 
     def __init__(self, device: str | int | None = None, *, sample_rate: int | None = None) -> None:
-        try:
-            import sounddevice as sd
-        except OSError as exc:  # PortAudio missing
-            raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
-        self._sd = sd
-        if isinstance(device, str) and device.isdigit():
-            device = int(device)
-        try:
-            info = sd.query_devices(device, "output")
-        except (ValueError, sd.PortAudioError) as exc:
-            names = [d["name"] for d in sd.query_devices() if d["max_output_channels"] > 0]
-            raise AudioError(f"no output device {device!r}; available: {names}") from exc
+        sd, device, info = find_device(device, "output")
         self.sample_rate = int(sample_rate or info["default_samplerate"])
         self.seconds_played = 0.0
         self._stream = sd.RawOutputStream(samplerate=self.sample_rate, channels=1, dtype="int16", device=device,
@@ -184,7 +188,10 @@ class AudioSource(Protocol):
 
 
 class WavSource:
-    """A WAV (or any libsndfile format) file, resampled to 16 kHz mono; paced in real time or as fast as possible."""
+    """A WAV (or any libsndfile format) file, resampled to 16 kHz mono; paced in real time or as fast as possible.
+
+    Read in half-second blocks, so a long recording costs no more memory than a short one.
+    """
 
     def __init__(self, path: str | Path, *, frame_ms: int = 30, realtime: bool = False) -> None:
         import soundfile as sf
@@ -192,42 +199,56 @@ class WavSource:
         self.path = Path(path)
         if not self.path.exists():
             raise AudioError(f"no such audio file: {self.path}")
+        try:
+            info = sf.info(str(self.path))
+        except (RuntimeError, sf.LibsndfileError) as exc:
+            raise AudioError(f"cannot read audio file {self.path}: {exc}") from exc
         self.description = f"wav:{self.path}"
         self.frame_ms = frame_ms
         self.realtime = realtime
-        samples, rate = sf.read(str(self.path), dtype="float32", always_2d=True)
-        mono = to_rate(samples.mean(axis=1), int(rate), SOURCE_RATE)
-        self.pcm = np.clip(mono * 32767.0, -32768, 32767).astype("<i2").tobytes()
-        self.seconds = len(self.pcm) / 2 / SOURCE_RATE
+        self.rate = int(info.samplerate)
+        self.seconds = info.frames / info.samplerate
+
+    def _pcm_blocks(self):
+        import soundfile as sf
+        import soxr
+
+        resampler = None if self.rate == SOURCE_RATE else soxr.ResampleStream(self.rate, SOURCE_RATE, 1,
+                                                                              dtype="float32")
+        with sf.SoundFile(str(self.path)) as f:
+            for block in f.blocks(blocksize=max(1, self.rate // 2), dtype="float32", always_2d=True):
+                mono = block.mean(axis=1)
+                if resampler is not None:
+                    mono = resampler.resample_chunk(mono)
+                yield np.clip(mono * 32767.0, -32768, 32767).astype("<i2").tobytes()
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+            yield np.clip(tail * 32767.0, -32768, 32767).astype("<i2").tobytes()
 
     async def frames(self) -> AsyncIterator[bytes]:
         size = SOURCE_RATE * self.frame_ms // 1000 * 2
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for i, offset in enumerate(range(0, len(self.pcm) - size + 1, size)):
-            yield self.pcm[offset : offset + size]
-            if self.realtime:
-                await asyncio.sleep(max(0.0, start + (i + 1) * self.frame_ms / 1000 - loop.time()))
-            else:
-                await asyncio.sleep(0)  # let the rest of the loop (publishes, partials) run
+        pending = b""
+        sent = 0
+        for block in self._pcm_blocks():
+            pending += block
+            while len(pending) >= size:
+                frame, pending = pending[:size], pending[size:]
+                yield frame
+                sent += 1
+                if self.realtime:
+                    await asyncio.sleep(max(0.0, start + sent * self.frame_ms / 1000 - loop.time()))
+                else:
+                    await asyncio.sleep(0)  # let the rest of the loop (publishes, partials) run
 
 
 class MicSource:
     """A microphone through PortAudio. ``device`` is a name fragment or an index; a wrong one lists the choices."""
 
     def __init__(self, device: str | int | None = None, *, frame_ms: int = 30) -> None:
-        try:
-            import sounddevice as sd
-        except OSError as exc:
-            raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
+        sd, device, info = find_device(device, "input")
         self._sd = sd
-        if isinstance(device, str) and device.isdigit():
-            device = int(device)
-        try:
-            info = sd.query_devices(device, "input")
-        except (ValueError, sd.PortAudioError) as exc:
-            names = [d["name"] for d in sd.query_devices() if d["max_input_channels"] > 0]
-            raise AudioError(f"no input device {device!r}; available: {names}") from exc
         self.device = device
         self.native_rate = int(info["default_samplerate"])
         self.frame_ms = frame_ms

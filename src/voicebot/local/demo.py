@@ -126,7 +126,7 @@ async def play_turn(broker_url: str, topics: Topics, sink: AudioSink, settings: 
         watcher = TurnWatcher(transcript.request_id if transcript else None,
                               on_sentence=lambda seq, text: echo(f"  [{seq}] {text}"),
                               on_transcript=None if transcript else lambda text: echo(f"you (heard): {text}"))
-        listening = None
+        listening = interpreter = None
         if transcript is not None:
             console.publish(topics.transcript, encode(transcript), QOS_AT_LEAST_ONCE).result(10)
         elif audio is not None and interpreter_transport is not None:
@@ -135,9 +135,10 @@ async def play_turn(broker_url: str, topics: Topics, sink: AudioSink, settings: 
             tasks.append(listening)
         async with asyncio.timeout(settings.timeout_s):
             while not (watcher.done and (listening is None or listening.done())):
-                if listening is not None and listening.done() and watcher.request_id is None and inbox.empty():
-                    listening.result()
-                    raise DemoError(f"no speech was recognised in {audio}")
+                if listening is not None and listening.done() and interpreter is not None:
+                    listening.result()  # the interpreter's own failure, if any
+                    if not any(m.state == "completed" for m in interpreter.published):
+                        raise DemoError(f"no speech was recognised in {audio}")
                 getter = asyncio.ensure_future(inbox.get())
                 waiting = {getter} if listening is None or listening.done() else {getter, listening}
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
