@@ -159,7 +159,10 @@ def test_history_round_trips_is_bounded_and_expires(chat):
     assert humans == ["두 번째 질문", "세 번째 질문", "네 번째 질문"]  # HISTORY_TURNS=2, then the question
     assert AIMessage(ANSWER) in last_prompt
     items = boto3.resource("dynamodb", region_name=REGION).Table("history").scan()["Items"]
+    latest = [i for i in items if i["turn"] == "#latest"]
+    items = [i for i in items if i["turn"] != "#latest"]
     assert len(items) == 4 and all(i["thing"] == "pi-1" for i in items)
+    assert latest[0]["request_id"] == max(i["request_id"] for i in items)  # the newest question of the device
     for item in items:
         assert int(item["expires_at"]) - int(item["ts"]) // 1000 == 7 * 86_400
         assert item["turn"].endswith(item["request_id"])
@@ -182,7 +185,7 @@ def test_a_payload_claiming_another_thing_is_answered_on_the_topics_thing(chat):
     topics = {t for t, _ in answers_for(payload["requestId"])}
     assert topics == {"voicebot/attacker/answer"}
     items = boto3.resource("dynamodb", region_name=REGION).Table("history").scan()["Items"]
-    assert {i["thing"] for i in items} == {"attacker"}
+    assert {i["thing"] for i in items} == {"attacker"}  # turns and the latest-request marker alike
 
 
 @pytest.mark.parametrize("fail_after", [0, 6])
@@ -197,7 +200,35 @@ def test_a_failing_model_yields_the_apology_and_an_error_event(chat, fail_after)
     assert all(not m["last"] for m in sent[:-1])
     errors = [m for t, m in published() if t == "voicebot/pi-1/event" and m["type"] == "error"]
     assert len(errors) == 1 and errors[0]["requestId"] == event["requestId"] and "model failed" in errors[0]["detail"]
-    assert boto3.resource("dynamodb", region_name=REGION).Table("history").scan()["Count"] == 0
+    items = boto3.resource("dynamodb", region_name=REGION).Table("history").scan()["Items"]
+    assert [i["turn"] for i in items] == ["#latest"]  # no turn stored for a failed answer
+
+
+def test_a_question_that_arrives_after_a_newer_one_is_not_answered(chat):
+    older, newer = new_request_id(), new_request_id()
+    chat.handler(rule_event("ChatRule", "voicebot/pi-1/transcript", transcript("나중 질문", newer)), FakeContext())
+    result = chat.handler(rule_event("ChatRule", "voicebot/pi-1/transcript", transcript("먼저 질문", older)),
+                          FakeContext())
+    assert result == {"answered": True, "sentences": 0, "error": "superseded"}
+    assert answers_for(older) == [] and len(chat.deps.model.prompts) == 1
+
+
+def test_a_newer_question_mid_answer_stops_the_older_one(chat):
+    first = new_request_id()
+    history = chat.deps.history
+    probe = chat.deps.model.probe
+
+    def newer_question_arrives() -> int:  # while the first answer streams, the person asks again
+        if len(chat.deps.model.seen) == 4:  # after the first sentence went out
+            history.set_latest_request("pi-1", new_request_id())
+        return probe()
+
+    chat.deps.model.probe = newer_question_arrives
+    result = chat.handler(rule_event("ChatRule", "voicebot/pi-1/transcript", transcript("길게 말해 줘", first)),
+                          FakeContext())
+    assert result["error"] == "superseded"
+    sent = [m for _, m in answers_for(first)]
+    assert 1 <= len(sent) < 4 and not any(m["last"] for m in sent)
 
 
 def test_a_10000_character_question_is_refused_with_an_error_event(chat):

@@ -74,6 +74,11 @@ def new_request_id() -> str:
 _UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
 
+def known_newer(request_id: str, than: str) -> bool:
+    """True only when both ids carry their time (UUIDv7) and ``request_id`` is the later one."""
+    return bool(_UUID7.match(request_id) and _UUID7.match(than)) and request_id > than
+
+
 def is_newer(request_id: str, than: str | None) -> bool:
     """Whether ``request_id`` supersedes ``than``.
 

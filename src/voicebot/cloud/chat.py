@@ -29,6 +29,7 @@ from voicebot.protocol import (
     ProtocolError,
     Topics,
     decode,
+    known_newer,
     now_ms,
 )
 from voicebot.sentences import SentenceSplitter
@@ -108,6 +109,18 @@ class AnswerStream:
             self.send("", last=True)
 
 
+def arrived_late(deps: ChatDeps, thing: str, request_id: str) -> bool:
+    """A newer question from this device was already taken (AWS delivers rule events in any order)."""
+    latest = deps.history.latest_request(thing)
+    return bool(latest) and known_newer(latest, request_id)
+
+
+def superseded(deps: ChatDeps, thing: str, request_id: str) -> bool:
+    """The device asked something else since this answer started."""
+    latest = deps.history.latest_request(thing)
+    return bool(latest) and latest != request_id
+
+
 def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome | None:
     """Answer one completed transcript. Never raises for bad input or a failing model: it reports and apologises."""
     settings = deps.settings
@@ -141,6 +154,11 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
         out.send(TOO_LONG, last=True)
         return ChatOutcome(thing, message.request_id, out.sentences, "question too long")
 
+    if arrived_late(deps, thing, message.request_id):
+        log.info("chat: %s from %s arrived after a newer request; not answered", message.request_id, thing)
+        return ChatOutcome(thing, message.request_id, [], "superseded")
+    deps.history.set_latest_request(thing, message.request_id)
+
     history = deps.history.recent(thing, settings.history_turns)
     messages = build_messages(settings.system_prompt, history, question)
     splitter = SentenceSplitter()
@@ -149,10 +167,14 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
         held: list[str] = []  # baseline only: the whole answer, spoken at the end
         for chunk in deps.model.stream(messages):
             for sentence in splitter.feed(chunk.text):
-                if settings.stream_sentences:
-                    out.send(sentence)  # the moment it is complete: the device starts speaking now
-                else:
+                if not settings.stream_sentences:
                     held.append(sentence)
+                    continue
+                if superseded(deps, thing, message.request_id):
+                    # The person asked something else: stop paying for an answer nobody will hear.
+                    log.info("chat: %s from %s superseded mid-answer; stopped", message.request_id, thing)
+                    return ChatOutcome(thing, message.request_id, out.sentences, "superseded")
+                out.send(sentence)  # the moment it is complete: the device starts speaking now
             if time.monotonic() > deadline:
                 raise TimeoutError(f"model did not finish within {settings.deadline_s:.0f} s")
         rest = held + splitter.flush()

@@ -26,6 +26,14 @@ class HistoryStore(Protocol):
 
     def append(self, thing: str, turn: Turn) -> None: ...
 
+    def latest_request(self, thing: str) -> str | None:
+        """The newest request this device has asked (a newer one supersedes everything older)."""
+
+    def set_latest_request(self, thing: str, request_id: str) -> None: ...
+
+
+LATEST = "#latest"  # sorts before every "<epoch ms>#<requestId>" turn key
+
 
 def sort_key(turn: Turn) -> str:
     """Time-ordered and unique even for two turns in the same millisecond."""
@@ -46,6 +54,7 @@ class SqliteHistory:
             "CREATE TABLE IF NOT EXISTS turns (thing TEXT NOT NULL, turn TEXT NOT NULL, request_id TEXT NOT NULL,"
             " question TEXT NOT NULL, answer TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (thing, turn))"
         )
+        self._db.execute("CREATE TABLE IF NOT EXISTS latest (thing TEXT PRIMARY KEY, request_id TEXT NOT NULL)")
         self._db.commit()
 
     def recent(self, thing: str, limit: int) -> list[Turn]:
@@ -69,6 +78,16 @@ class SqliteHistory:
             self._db.execute("DELETE FROM turns WHERE ts < ?", (int(time.time() * 1000) - self.keep_ms,))
             self._db.commit()
 
+    def latest_request(self, thing: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT request_id FROM latest WHERE thing = ?", (thing,)).fetchone()
+        return row[0] if row else None
+
+    def set_latest_request(self, thing: str, request_id: str) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO latest VALUES (?, ?)", (thing, request_id))
+            self._db.commit()
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -88,12 +107,20 @@ class DynamoHistory:
 
         # One query, newest first, bounded: the cost does not grow with the length of the conversation.
         resp = self.table.query(
-            KeyConditionExpression=Key("thing").eq(thing), ScanIndexForward=False, Limit=limit,
+            KeyConditionExpression=Key("thing").eq(thing) & Key("turn").gt("0"), ScanIndexForward=False, Limit=limit,
             ProjectionExpression="request_id, question, answer, ts, expires_at",
         )
         now = int(time.time())
         items = [i for i in resp.get("Items", []) if int(i.get("expires_at", now + 1)) > now]
         return [Turn(str(i["request_id"]), str(i["question"]), str(i["answer"]), int(i["ts"])) for i in reversed(items)]
+
+    def latest_request(self, thing: str) -> str | None:
+        item = self.table.get_item(Key={"thing": thing, "turn": LATEST}, ProjectionExpression="request_id").get("Item")
+        return str(item["request_id"]) if item else None
+
+    def set_latest_request(self, thing: str, request_id: str) -> None:
+        self.table.put_item(Item={"thing": thing, "turn": LATEST, "request_id": request_id,
+                                  "expires_at": int(time.time()) + self.keep_days * 86_400})
 
     def append(self, thing: str, turn: Turn) -> None:
         self.table.put_item(Item={
