@@ -98,6 +98,8 @@ def _run_until_signal(main) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # the conversation is the output
     from voicebot.cloud.llm import LlmSettings
     from voicebot.local.demo import DemoError, DemoSettings, run_demo
 
