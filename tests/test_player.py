@@ -129,3 +129,47 @@ def test_stop_word_control_cancels_the_named_request(connect, topics, tmp_path):
     _, played, events = run_player(connect, topics, tmp_path, script)
     assert [e["type"] for e in events if e.get("requestId") == rid][-1] == "cancelled"
     assert len(played) < 16_000 * 30
+
+
+def test_player_command_waits_for_a_broker_that_is_not_up_yet(tmp_path):
+    import queue
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
+    from voicebot.local.broker import MosquittoBroker, free_port
+    from voicebot.protocol import Topics
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "voicebot.cli", "player", "--broker", f"mqtt://127.0.0.1:{port}",
+                             "--thing", "late-pi", "--sink", f"wav:{tmp_path / 'late.wav'}"],
+                            stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
+
+    def wait_line(text: str) -> None:
+        while text not in lines.get(timeout=60):
+            pass
+
+    broker = None
+    try:
+        wait_line("cannot reach")  # one clear line, and it keeps running
+        broker = MosquittoBroker(port=port).start()
+        wait_line("player ready")
+        topics = Topics("voicebot", "late-pi")
+        events = Recorder()
+        client = Mqtt5Transport(ConnectionSettings(broker=broker.url), client_id="late-cloud")
+        client.subscribe(topics.event, 1, events)
+        rid = new_request_id()
+        for m in audio(rid, 0, last=True):
+            client.publish(topics.audio, encode(m), 1).result(5)
+        events.wait_for(finished(rid), 20)
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        if broker:
+            broker.stop()
+    assert proc.returncode == 0

@@ -121,7 +121,7 @@ def cmd_player(args: argparse.Namespace) -> int:
     from voicebot.edge.player import Player, PlayerSettings
     from voicebot.edge.transport import connect
 
-    transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}")
+    transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}", wait_forever=True)
     sink = open_sink(args.sink)
     player = Player(transport, Topics(args.topic_root, args.thing), sink,
                     PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume))
@@ -155,7 +155,7 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     connection = connection_settings(args)
     source = open_source(args.source, frame_ms=settings.vad.frame_ms)
     stt = stt_backend(args.stt, args.region)
-    transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}")
+    transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}", wait_forever=True)
     interpreter = Interpreter(transport, Topics(args.topic_root, args.thing), source, stt, settings)
     try:
         _run_until_signal(interpreter.run)

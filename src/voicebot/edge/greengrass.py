@@ -66,8 +66,9 @@ def _transport(component: str, thing: str) -> tuple[Transport, ComponentConfig]:
     broker = os.environ.get("VOICEBOT_BROKER")
     if broker:
         log.info("%s: using the broker at %s instead of Greengrass IPC", component, broker)
-        return Mqtt5Transport(ConnectionSettings(broker=broker), client_id=f"voicebot-{component}-{thing}"), \
-            ComponentConfig()
+        transport = Mqtt5Transport(ConnectionSettings(broker=broker), client_id=f"voicebot-{component}-{thing}",
+                                   wait_forever=True)
+        return transport, ComponentConfig()
     transport = IpcTransport()
     return transport, ComponentConfig(transport.client)
 

@@ -149,7 +149,8 @@ class _Subscriptions:
 class Mqtt5Transport:
     """MQTT5 client (awscrt). Plain TCP when ``broker`` is given, mTLS to IoT Core when ``endpoint`` is given."""
 
-    def __init__(self, settings: ConnectionSettings, *, client_id: str | None = None, connect_timeout: float = 15.0):
+    def __init__(self, settings: ConnectionSettings, *, client_id: str | None = None, connect_timeout: float = 15.0,
+                 wait_forever: bool = False):
         from awscrt import io, mqtt5
 
         self._mqtt5 = mqtt5
@@ -189,9 +190,14 @@ class Mqtt5Transport:
             options = mqtt5.ClientOptions(host_name=url.hostname or "127.0.0.1", port=url.port or 1883, **common)
         self._client = mqtt5.Client(options)
         self._client.start()
-        if not self._connected.wait(connect_timeout):
-            self._client.stop()
-            raise TransportError(f"could not connect to {self.description} within {connect_timeout:.0f} s")
+        if not self._connected.wait(min(connect_timeout, 5.0) if wait_forever else connect_timeout):
+            if not wait_forever:
+                self._client.stop()
+                raise TransportError(f"could not connect to {self.description} within {connect_timeout:.0f} s")
+            # A device component outlives a broker that is down (or not up yet): keep trying, say so once.
+            log.error("cannot reach %s yet; still trying (every few seconds, up to every 30 s)", self.description)
+            self._connected.wait()
+            log.info("connected to %s", self.description)
 
     # -- SDK callbacks (SDK threads) ---------------------------------------------------------------------------------
 
@@ -344,8 +350,8 @@ def _ipc_qos(qos: int) -> str:
     return QOS.AT_LEAST_ONCE if qos else QOS.AT_MOST_ONCE
 
 
-def connect(settings: ConnectionSettings, *, client_id: str | None = None) -> Transport:
-    """The one place that turns connection settings into a transport."""
+def connect(settings: ConnectionSettings, *, client_id: str | None = None, wait_forever: bool = False) -> Transport:
+    """The one place that turns connection settings into a transport. Components wait for a broker that is down."""
     if settings.ipc:
         return IpcTransport()
-    return Mqtt5Transport(settings, client_id=client_id)
+    return Mqtt5Transport(settings, client_id=client_id, wait_forever=wait_forever)
