@@ -170,7 +170,7 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
                 if not settings.stream_sentences:
                     held.append(sentence)
                     continue
-                if superseded(deps, thing, message.request_id):
+                if out.seq and superseded(deps, thing, message.request_id):  # (the first one goes out unchecked)
                     # The person asked something else: stop paying for an answer nobody will hear.
                     log.info("chat: %s from %s superseded mid-answer; stopped", message.request_id, thing)
                     return ChatOutcome(thing, message.request_id, out.sentences, "superseded")
