@@ -45,6 +45,7 @@ def answer_once(event: dict[str, Any]) -> dict[str, Any]:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
+    metrics.add_metric(name="Transcripts", unit=MetricUnit.Count, value=1)
     logger.append_keys(thing=event.get("thing"), request_id=event.get("requestId"), model=os.environ.get("MODEL_ID"))
     try:
         return answer_once(event=event)
