@@ -35,6 +35,9 @@ def test_bad_messages_on_every_topic_then_a_good_turn(broker, connect, topics, t
         (topics.transcript, {"v": 1, "requestId": ids["long"], "state": "completed", "text": "가" * 10_000}),
         (topics.transcript, {"v": 1, "requestId": ids["empty"], "state": "completed", "text": "   "}),
         (topics.answer, {"v": 1, "requestId": ids["answer"], "seq": "first", "text": "문장"}),
+        (topics.answer, {"v": 1, "requestId": ids["answer"], "seq": 1, "text": "  ", "last": False}),
+        (topics.audio, json.dumps({"v": 1, "requestId": ids["answer"], "seq": 0, "format": "wav", "sampleRate": 16000,
+                                   "audio": "A" * 120_000}).encode()),
         (topics.audio, b"\xff\xfe garbage"),
         (topics.audio, {"v": 1, "requestId": ids["answer"], "seq": 0, "format": "mp3", "sampleRate": 16000}),
         (topics.command, {"v": 1, "action": "explode"}),
@@ -70,8 +73,10 @@ def test_bad_messages_on_every_topic_then_a_good_turn(broker, connect, topics, t
     chat_ids = [e.get("requestId") for e in by_source["chat"]]
     assert sorted(chat_ids) == sorted([ids["types"], ids["version"], ids["long"], ids["empty"]])
     assert any("unknown protocol version 9" in e["detail"] for e in by_source["chat"])
-    assert [e.get("seq") for e in by_source["speech"]] == [None] and by_source["speech"][0]["requestId"] == ids["answer"]
-    assert len(by_source["player"]) == 4 and all("bad message" in e["detail"] for e in by_source["player"])
+    assert sorted(e.get("seq", -1) for e in by_source["speech"]) == [-1, 1]  # the bad seq, then the empty sentence
+    assert all(e["requestId"] == ids["answer"] for e in by_source["speech"])
+    assert len(by_source["player"]) == 5 and all("bad message" in e["detail"] for e in by_source["player"])
+    assert any("over the 100000-byte limit" in e["detail"] for e in by_source["player"])
     # the over-long question was refused, but the device still said something
     long_answers = [json.loads(p) for p in observer.on(topics.answer) if json.loads(p)["requestId"] == ids["long"]]
     assert [a["text"] for a in long_answers] == ["질문이 너무 길어요. 조금 짧게 다시 말씀해 주세요."]
