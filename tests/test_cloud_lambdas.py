@@ -381,3 +381,10 @@ def test_each_lambda_imports_with_only_its_own_requirements(name, blocked, tmp_p
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "handler"
+
+
+def test_polly_throttling_is_retried_by_botocore_adaptive_retries(aws):
+    app = load_lambda("speech")
+    config = app.deps.tts.client.meta.config
+    assert config.retries == {"mode": "adaptive", "max_attempts": 5}  # botocore retries ThrottlingException itself
+    assert app.deps.tts.voice_id == "Seoyeon" and app.deps.tts.engine == "neural" and app.deps.tts.rate == "120%"
