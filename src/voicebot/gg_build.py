@@ -26,6 +26,8 @@ MAX_RECIPE_BYTES = 16_000
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIRS = ("components/voice-interpreter", "components/voice-player", ".")
 
+#: Each component's artifact (the recipe's Run script starts {artifacts:decompressedPath}/<artifact>/main.py).
+ARTIFACTS = {"com.voicebot.VoicePlayer": "voicebot-player", "com.voicebot.VoiceInterpreter": "voicebot-interpreter"}
 #: What each component's artifact installs on the device.
 REQUIREMENTS = {
     "com.voicebot.VoicePlayer": {"requirements.txt": "voicebot[device]"},
@@ -88,15 +90,14 @@ def build_wheel(out_dir: Path) -> Path:
 
 
 def build_artifact(component_dir: Path, name: str, artifact_dir: Path, wheel: Path) -> Path:
-    short = name.split(".")[-1].replace("Voice", "voice-").lower()  # VoicePlayer -> voice-player
-    folder = f"voicebot-{short.removeprefix('voice-')}"  # voicebot-player, matching the recipe's paths
-    zip_path = artifact_dir / f"{folder}.zip"
+    zip_path = artifact_dir / f"{ARTIFACTS[name]}.zip"
+    # Greengrass unarchives X.zip into {artifacts:decompressedPath}/X/, so the files sit at the zip's root.
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(component_dir / "main.py", f"{folder}/main.py")
-        zf.write(wheel, f"{folder}/wheels/{wheel.name}")
+        zf.write(component_dir / "main.py", "main.py")
+        zf.write(wheel, f"wheels/{wheel.name}")
         version = wheel.name.split("-")[1]
         for filename, requirement in REQUIREMENTS[name].items():
-            zf.writestr(f"{folder}/{filename}", f"{requirement}=={version}\n")
+            zf.writestr(filename, f"{requirement}=={version}\n")
     return zip_path
 
 
