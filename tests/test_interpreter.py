@@ -366,3 +366,13 @@ def test_an_unusable_vad_setting_keeps_the_running_vad(topics, connect, vosk, mo
     interpreter.apply_config({"VadEngine": "silero"})
     assert interpreter.vad is running and interpreter.settings.vad.engine == "webrtc"
     assert "not applied" in caplog.text
+
+
+def test_open_stt_names_the_choices():
+    from voicebot.edge.stt import NullSttBackend, SttError, TranscribeBackend, open_stt
+
+    assert isinstance(open_stt("none"), NullSttBackend)
+    assert open_stt("transcribe", region="us-west-2").region == "us-west-2"
+    assert isinstance(open_stt("transcribe"), TranscribeBackend)
+    with pytest.raises(SttError, match="vosk, transcribe or none"):
+        open_stt("whisper")

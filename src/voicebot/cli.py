@@ -133,17 +133,10 @@ def cmd_player(args: argparse.Namespace) -> int:
     return 0
 
 
-def stt_backend(name: str, region: str):
-    from voicebot.edge.stt import NullSttBackend, TranscribeBackend, VoskBackend
-
-    if name == "none":
-        return NullSttBackend()
-    return VoskBackend() if name == "vosk" else TranscribeBackend(region=region)
-
-
 def cmd_interpreter(args: argparse.Namespace) -> int:
     from voicebot.edge.audio import open_source
     from voicebot.edge.interpreter import Interpreter, InterpreterSettings
+    from voicebot.edge.stt import open_stt
     from voicebot.edge.transport import connect
     from voicebot.edge.vad import VadSettings
 
@@ -154,7 +147,7 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     )
     connection = connection_settings(args)
     source = open_source(args.source, frame_ms=settings.vad.frame_ms)
-    stt = stt_backend(args.stt, args.region)
+    stt = open_stt(args.stt, region=args.region)
     transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}", wait_forever=True)
     interpreter = Interpreter(transport, Topics(args.topic_root, args.thing), source, stt, settings)
     try:

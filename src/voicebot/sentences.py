@@ -116,6 +116,12 @@ class SentenceSplitter:
             out.append(sentence)
 
 
+def split_sentences(text: str, *, min_chars: int = 4) -> list[str]:
+    """A whole text at once (what the streaming splitter would have released, in order)."""
+    splitter = SentenceSplitter(min_chars=min_chars)
+    return splitter.feed(text) + splitter.flush()
+
+
 def _is_hangul(c: str) -> bool:
     return "\uac00" <= c <= "\ud7a3"
 

@@ -19,7 +19,7 @@ import numpy as np
 from voicebot.bench.synthetic import ANSWER
 from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import QOS_AT_LEAST_ONCE, Topics, encode, new_request_id, split_audio
-from voicebot.sentences import SentenceSplitter
+from voicebot.sentences import split_sentences
 
 RATE = 16_000
 UTTERANCES = ["오늘 날씨 어때요", "음악 좀 틀어 줘", "내일 아침 일곱 시에 깨워 줘"]
@@ -129,8 +129,7 @@ def player_footprint(broker_url: str) -> dict[str, float]:
     watcher.subscribe(topics.event, 1, on_message)
 
     def drive() -> None:
-        splitter = SentenceSplitter()
-        parts = splitter.feed(ANSWER) + splitter.flush()
+        parts = split_sentences(ANSWER)
         for seq, text in enumerate(parts):
             pcm = (np.sin(np.arange(int(RATE * 0.06 * len(text))) / 8) * 3000).astype("<i2").tobytes()
             for m in split_audio(request_id=rid, seq=seq, last=seq == len(parts) - 1, text=text, audio=pcm,
@@ -156,8 +155,7 @@ def real_backends() -> dict[str, float]:
     from voicebot.edge.stt import VoskBackend
 
     tts = EspeakTts()
-    splitter = SentenceSplitter()
-    sentences = splitter.feed(ANSWER) + splitter.flush()
+    sentences = split_sentences(ANSWER)
     start = time.perf_counter()
     for s in sentences:
         tts.synthesize(s)

@@ -20,7 +20,7 @@ import psutil
 from voicebot.bench import cost, footprint
 from voicebot.bench.synthetic import SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
-from voicebot.sentences import SentenceSplitter
+from voicebot.sentences import split_sentences
 
 TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100}
 
@@ -63,18 +63,13 @@ def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int) -> d
     return out
 
 
-def count_sentences(answer: str) -> int:
-    s = SentenceSplitter()
-    return len(s.feed(answer) + s.flush())
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = BackendSettings(ttft_s=args.ttft_ms / 1000, tokens_per_s=args.tokens_per_s,
                                tts_base_s=args.tts_base_ms / 1000, tts_per_char_s=args.tts_per_char_ms / 1000,
                                audio_s_per_char=args.audio_ms_per_char / 1000)
     turns = args.turns or (3 if args.quick else 10)
     fleet_rounds = args.fleet_turns or (1 if args.quick else 3)
-    expected = count_sentences(backends.answer)
+    expected = len(split_sentences(backends.answer))
     started = time.monotonic()
     stack = start_stack(backends, workers=max(32, args.devices * 6))
     try:

@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from voicebot.edge.transport import ConnectionSettings, IpcTransport, Mqtt5Transport, Transport
+from voicebot.edge.transport import ConnectionSettings, IpcTransport, Transport, connect
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
 log = logging.getLogger(__name__)
@@ -66,11 +66,9 @@ def _transport(component: str, thing: str) -> tuple[Transport, ComponentConfig]:
     broker = os.environ.get("VOICEBOT_BROKER")
     if broker:
         log.info("%s: using the broker at %s instead of Greengrass IPC", component, broker)
-        transport = Mqtt5Transport(ConnectionSettings(broker=broker), client_id=f"voicebot-{component}-{thing}",
-                                   wait_forever=True)
-        return transport, ComponentConfig()
-    transport = IpcTransport()
-    return transport, ComponentConfig(transport.client)
+    settings = ConnectionSettings(broker=broker) if broker else ConnectionSettings(ipc=True)
+    transport = connect(settings, client_id=f"voicebot-{component}-{thing}", wait_forever=True)
+    return transport, ComponentConfig(transport.client if isinstance(transport, IpcTransport) else None)
 
 
 async def _serve(make: Callable[[Transport], Any], transport: Transport, config: ComponentConfig) -> None:
@@ -112,10 +110,10 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
         else:
             from voicebot.edge.audio import open_source
             from voicebot.edge.interpreter import Interpreter
-            from voicebot.edge.stt import TranscribeBackend, VoskBackend
+            from voicebot.edge.stt import open_stt
 
             source = open_source(args.source)
-            stt = VoskBackend() if args.stt == "vosk" else TranscribeBackend(region=args.region)
+            stt = open_stt(args.stt, region=args.region)
             asyncio.run(_serve(lambda t: Interpreter(t, topics, source, stt), transport, config))
     finally:
         transport.close()

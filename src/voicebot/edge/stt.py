@@ -197,6 +197,17 @@ class NullSttBackend:
         return VoskSession(Nothing())
 
 
+def open_stt(name: str, *, region: str = "ap-northeast-2") -> SttBackend:
+    """``vosk``, ``transcribe`` or ``none`` (as on the command line and in the recipe's SttBackend)."""
+    if name == "vosk":
+        return VoskBackend()
+    if name == "transcribe":
+        return TranscribeBackend(region=region)
+    if name == "none":
+        return NullSttBackend()
+    raise SttError(f"unknown speech recognizer {name!r} (vosk, transcribe or none)")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # One utterance, with reconnects
 # --------------------------------------------------------------------------------------------------------------------
