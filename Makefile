@@ -6,7 +6,7 @@ APT_PACKAGES := mosquitto espeak-ng libportaudio2 libsndfile1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_TEXT ?= 안녕하세요, 오늘 서울 날씨는 어때요?
 
-.PHONY: demo test lint system-deps venv gg-build clean
+.PHONY: demo test lint system-deps venv gg-build gg-publish version lock lambda-check clean
 
 ## Install the Debian packages that are missing (mosquitto, espeak-ng, PortAudio, libsndfile).
 system-deps:
@@ -32,13 +32,35 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/cfn-lint cloud/template.yaml
 
-## The whole test suite (lint, template check, unit, integration and end-to-end tests).
+## The whole test suite (lint, template check, unit, integration and end-to-end tests). The GDK test installs the
+## real GDK CLI from GDK_SOURCE: the copy in ../shared when it is there, else its GitHub repository.
+GDK_SOURCE ?= $(abspath $(firstword $(wildcard ../shared/tools/gdk-cli-1.6.2)))
 test: system-deps venv lint
-	$(BIN)/pytest -q
+	$(if $(GDK_SOURCE),GDK_SOURCE=$(GDK_SOURCE)) $(BIN)/pytest -q
 
 ## Build the Greengrass components (what `gdk component build` runs): greengrass-build/ in each component folder.
 gg-build: venv
-	$(BIN)/python -m voicebot.gg_build
+	$(BIN)/python -m voicebot.gg_build $(GG_DIRS)
+
+## Publish every component with `gdk component publish`, refusing a version that is already registered.
+gg-publish: venv
+	$(BIN)/python -m voicebot.gg_publish
+
+## One version for the package, the wheel and every component: make version V=1.0.1
+version: venv
+	@test -n "$(V)" || { echo "usage: make version V=X.Y.Z"; exit 2; }
+	$(BIN)/python -m voicebot.gg_build --set-version $(V)
+
+## The hash-pinned requirements the device artifacts install (after changing the device or vosk extras).
+LOCK := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links pyproject.toml
+lock: venv
+	$(LOCK) --extra device -o components/requirements-device.txt
+	$(LOCK) --extra device --extra vosk -o components/requirements-device-vosk.txt
+
+## Build both Lambda functions as `sam build` would and print their size and import time.
+lambda-check: venv
+	$(BIN)/python -m voicebot.cloud.lambda_check
 
 clean:
 	rm -rf $(VENV) out greengrass-build .pytest_cache .ruff_cache
@@ -47,11 +69,18 @@ clean:
 # `sam build -t cloud/template.yaml` (BuildMethod: makefile) calls these with ARTIFACTS_DIR set: the thin handler,
 # the shared voicebot package, and the function's requirements built for Lambda (python3.12, arm64).
 # ---------------------------------------------------------------------------------------------------------------------
-LAMBDA_PIP := python3 -m pip install --quiet --upgrade --target "$(ARTIFACTS_DIR)" --implementation cp \
-	--python-version 3.12 --platform manylinux2014_aarch64 --only-binary=:all:
+# No bytecode is shipped: pip would compile it with the build machine's Python, which the python3.12 runtime ignores
+# (and recompiles on every cold start). Wheels are the ones for Amazon Linux 2023 (glibc 2.34). langchain-aws
+# declares numpy but the chat path never imports it (`make lambda-check` proves it), so it is not shipped.
+LAMBDA_PYTHON ?= 3.12
+LAMBDA_PLATFORMS ?= --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64
+LAMBDA_PIP := python3 -m pip install --quiet --upgrade --no-compile --target "$(ARTIFACTS_DIR)" --implementation cp \
+	--python-version $(LAMBDA_PYTHON) $(LAMBDA_PLATFORMS) --only-binary=:all:
 
 build-ChatFunction build-SpeechFunction: build-%Function:
 	$(LAMBDA_PIP) -r cloud/lambdas/$(shell echo $* | tr A-Z a-z)/requirements.txt
 	cp -r src/voicebot "$(ARTIFACTS_DIR)/"
 	cp cloud/lambdas/$(shell echo $* | tr A-Z a-z)/app.py "$(ARTIFACTS_DIR)/"
-	find "$(ARTIFACTS_DIR)/voicebot" -name __pycache__ -prune -exec rm -rf {} +
+	rm -rf "$(ARTIFACTS_DIR)"/numpy "$(ARTIFACTS_DIR)"/numpy-*.dist-info "$(ARTIFACTS_DIR)"/numpy.libs \
+	  "$(ARTIFACTS_DIR)"/bin
+	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--echo-tail-s", type=float, default=0.4)
     interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
 
+    sub.add_parser("devices", help="list audio inputs and outputs with the exact Source/Sink value for each")
+
     monitor = sub.add_parser("monitor", help="print every voicebot message as a legible line")
     _connection_flags(monitor)
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
@@ -195,6 +197,22 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    from voicebot.edge.audio import list_devices
+
+    devices = list_devices()
+    for kind, setting, prefix in (("output", "voice-player Sink (--sink)", "device"),
+                                  ("input", "voice-interpreter Source (--source)", "mic")):
+        print(f"{kind} devices, the value for {setting}:")
+        found = [d for d in devices if d.kind == kind]
+        for d in found:
+            value = f"{prefix}:{d.name}"
+            print(f"  {value:<44} {d.channels} ch, {d.sample_rate} Hz" + (", default" if d.default else ""))
+        if not found:
+            print("  (none found)")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from voicebot.bench.main import main as bench_main
 
@@ -202,7 +220,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
-COMMANDS = {"bench": cmd_bench, "monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player,
+COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player,
             "interpreter": cmd_interpreter}
 
 

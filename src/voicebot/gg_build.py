@@ -1,20 +1,33 @@
 """Builds the Greengrass components: what ``gdk component build`` (custom build) and ``make gg-build`` run.
 
 For each component directory (one ``gdk-config.json`` + one ``recipe.yaml`` each) it fills
-``greengrass-build/artifacts/<name>/<version>/`` with the artifact zip (the component's entry point, the ``voicebot``
-wheel and its requirements) and ``greengrass-build/recipes/recipe.yaml`` with the recipe, placeholders filled, YAML
-anchors expanded, checked against the 16 000-byte limit.
+``greengrass-build/artifacts/<name>/<version>/`` with the artifact zip and ``greengrass-build/recipes/<recipe file>``
+with the recipe, placeholders filled, YAML anchors expanded, checked against the 16 000-byte limit. The recipe keeps
+the file name GDK resolved ``recipe.yaml`` to (the links point into ``recipes/``): ``gdk component publish`` looks
+for exactly that name.
+
+The artifact holds the entry point, the ``voicebot`` wheel, ``install.sh`` and the hash-pinned requirements
+(``components/requirements-*.txt``, made by ``make lock``). Identical inputs give a byte-identical zip.
+
+One version: ``[project] version`` in ``pyproject.toml`` is the package's, the wheel's and every component's. The
+gdk-config.json files carry a copy (GDK reads it there); ``make version V=X.Y.Z`` writes all of them, and the build
+refuses copies that disagree.
 
     python -m voicebot.gg_build [COMPONENT_DIR ...]      (default: the two components and the bundle)
+    python -m voicebot.gg_build --set-version X.Y.Z      (pyproject, every gdk-config.json, deploy/deployment.json)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +38,18 @@ import yaml
 MAX_RECIPE_BYTES = 16_000
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIRS = ("components/voice-interpreter", "components/voice-player", ".")
+#: Zip entries get this time (the zip format cannot store anything before 1980).
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 #: Each component's artifact (the recipe's Run script starts {artifacts:decompressedPath}/<artifact>/main.py).
 ARTIFACTS = {"com.voicebot.VoicePlayer": "voicebot-player", "com.voicebot.VoiceInterpreter": "voicebot-interpreter"}
-#: What each component's artifact installs on the device.
+#: The hash-pinned requirements each artifact carries (artifact name -> file in components/).
 REQUIREMENTS = {
-    "com.voicebot.VoicePlayer": {"requirements.txt": "voicebot[device]"},
-    "com.voicebot.VoiceInterpreter": {"requirements.txt": "voicebot[device]",
-                                      "requirements-vosk.txt": "voicebot[device,vosk]"},
+    "com.voicebot.VoicePlayer": {"requirements.txt": "requirements-device.txt"},
+    "com.voicebot.VoiceInterpreter": {"requirements.txt": "requirements-device.txt",
+                                      "requirements-vosk.txt": "requirements-device-vosk.txt"},
 }
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
 class BuildError(RuntimeError):
@@ -51,6 +67,18 @@ class BuiltComponent:
 class _NoAliases(yaml.SafeDumper):
     def ignore_aliases(self, data: Any) -> bool:
         return True
+
+
+def project_root(start: Path) -> Path:
+    """The checkout a component directory belongs to (the first folder above it with a pyproject.toml)."""
+    for folder in (start.resolve(), *start.resolve().parents):
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    raise BuildError(f"no pyproject.toml above {start}")
+
+
+def project_version(root: Path = REPO) -> str:
+    return tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
 
 
 def read_gdk_config(component_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -78,36 +106,82 @@ def render_recipe(source: Path, *, name: str, version: str, author: str) -> dict
     return recipe
 
 
-def build_wheel(out_dir: Path) -> Path:
-    """The voicebot wheel (pure Python), built from this checkout."""
+def build_wheel(out_dir: Path, root: Path = REPO) -> Path:
+    """The voicebot wheel (pure Python), built from a clean copy of the sources with fixed timestamps.
+
+    A copy, because setuptools reuses ``build/`` in the source tree (a deleted module would ship again).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out_dir), str(REPO)], check=True)
+    with tempfile.TemporaryDirectory(prefix="voicebot-src-") as tmp:
+        src = Path(tmp)
+        shutil.copy2(root / "pyproject.toml", src)
+        shutil.copy2(root / "README.md", src)
+        shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}  # 1980-01-01: reproducible wheel entries
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                        "--wheel-dir", str(out_dir), str(src)], check=True, env=env)
     wheels = sorted(out_dir.glob("voicebot-*.whl"))
     if not wheels:
         raise BuildError("pip wheel made no voicebot wheel")
     return wheels[-1]
 
 
-def build_artifact(component_dir: Path, name: str, artifact_dir: Path, wheel: Path) -> Path:
+def _zip_entry(zf: zipfile.ZipFile, name: str, data: bytes, *, executable: bool = False) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = (0o755 if executable else 0o644) << 16
+    zf.writestr(info, data)
+
+
+def artifact_files(component_dir: Path, name: str, wheel: Path, root: Path) -> dict[str, bytes]:
+    """What one component's artifact holds, by path inside the zip."""
+    components = root / "components"
+    files = {
+        "main.py": (component_dir / "main.py").read_bytes(),
+        "install.sh": (components / "install.sh").read_bytes(),
+        f"wheels/{wheel.name}": wheel.read_bytes(),
+    }
+    for target, lock in REQUIREMENTS[name].items():
+        path = components / lock
+        if not path.is_file():
+            raise BuildError(f"{path} is missing: run `make lock`")
+        files[target] = path.read_bytes()
+    # What install.sh compares with the venv's stamp: any change of content means a new install.
+    digest = hashlib.sha256()
+    for key in sorted(files):
+        digest.update(key.encode() + b"\0" + hashlib.sha256(files[key]).digest())
+    files["build-id"] = f"{name} {wheel.name.split('-')[1]} {digest.hexdigest()[:16]}\n".encode()
+    return files
+
+
+def build_artifact(component_dir: Path, name: str, artifact_dir: Path, wheel: Path, root: Path = REPO) -> Path:
     zip_path = artifact_dir / f"{ARTIFACTS[name]}.zip"
+    files = artifact_files(component_dir, name, wheel, root)
     # Greengrass unarchives X.zip into {artifacts:decompressedPath}/X/, so the files sit at the zip's root.
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.write(component_dir / "main.py", "main.py")
-        zf.write(wheel, f"wheels/{wheel.name}")
-        version = wheel.name.split("-")[1]
-        for filename, requirement in REQUIREMENTS[name].items():
-            zf.writestr(filename, f"{requirement}=={version}\n")
+    with zipfile.ZipFile(zip_path, "w") as zf:
+        for key in sorted(files):
+            _zip_entry(zf, key, files[key], executable=key.endswith(".sh"))
     return zip_path
+
+
+def check_version(component_dir: Path, name: str, version: str, root: Path) -> None:
+    package = project_version(root)
+    if version != package:
+        raise BuildError(f"{component_dir / 'gdk-config.json'} says {name} {version}, but the package is {package}: "
+                         f"run `make version V={package}` (or the version you mean) so both agree")
+    if not _SEMVER.match(version):
+        raise BuildError(f"version {version!r} is not MAJOR.MINOR.PATCH (NEXT_PATCH is not supported: the package, "
+                         "the wheel and the component share one version)")
 
 
 def build_component(component_dir: Path, *, wheel: Path | None = None) -> BuiltComponent:
     component_dir = component_dir.resolve()
+    root = project_root(component_dir)
     name, entry = read_gdk_config(component_dir)
-    version, author = entry["version"], entry.get("author", "voicebot")
-    if version == "NEXT_PATCH":
-        raise BuildError("set an exact version in gdk-config.json (the custom build names the artifact folder by it)")
-    recipe = render_recipe(find_recipe(component_dir), name=name, version=version, author=author)
+    version, author = str(entry["version"]), entry.get("author", "voicebot")
+    check_version(component_dir, name, version, root)
+    source = find_recipe(component_dir)
+    recipe = render_recipe(source, name=name, version=version, author=author)
     build = component_dir / "greengrass-build"
     shutil.rmtree(build, ignore_errors=True)
     artifact_dir = build / "artifacts" / name / version
@@ -116,22 +190,61 @@ def build_component(component_dir: Path, *, wheel: Path | None = None) -> BuiltC
     artifacts: list[Path] = []
     if name in REQUIREMENTS:
         if wheel is None:
-            wheel = build_wheel(Path(tempfile.mkdtemp(prefix="voicebot-wheel-")))
-        artifacts.append(build_artifact(component_dir, name, artifact_dir, wheel))
+            wheel = build_wheel(Path(tempfile.mkdtemp(prefix="voicebot-wheel-")), root)
+        artifacts.append(build_artifact(component_dir, name, artifact_dir, wheel, root))
     text = yaml.dump(recipe, Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=1000)
     if len(text.encode()) > MAX_RECIPE_BYTES:
         raise BuildError(f"built recipe of {name} is {len(text.encode())} bytes; Greengrass refuses over "
                          f"{MAX_RECIPE_BYTES}")
-    recipe_path = build / "recipes" / "recipe.yaml"
+    # GDK resolves the recipe.yaml link and publishes greengrass-build/recipes/<that file's name>.
+    recipe_path = build / "recipes" / source.resolve().name
     recipe_path.write_text(text, encoding="utf-8")
     return BuiltComponent(name, version, recipe_path, artifacts)
 
 
+def set_version(version: str, root: Path = REPO) -> list[Path]:
+    """Write one version everywhere it is spelled: pyproject.toml, every gdk-config.json, deploy/deployment.json."""
+    if not _SEMVER.match(version):
+        raise BuildError(f"version {version!r} is not MAJOR.MINOR.PATCH")
+    changed = []
+    pyproject = root / "pyproject.toml"
+    text = pyproject.read_text(encoding="utf-8")
+    new = re.sub(r'(?m)^version = "[^"]*"$', f'version = "{version}"', text, count=1)
+    if new == text and f'version = "{version}"' not in text:
+        raise BuildError("pyproject.toml has no `version = \"...\"` line")
+    pyproject.write_text(new, encoding="utf-8")
+    changed.append(pyproject)
+    names = []
+    for d in DEFAULT_DIRS:
+        path = root / d / "gdk-config.json"
+        config = json.loads(path.read_text())
+        for name, entry in config["component"].items():
+            entry["version"] = version
+            names.append(name)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        changed.append(path)
+    deployment = root / "deploy" / "deployment.json"
+    if deployment.is_file():
+        data = json.loads(deployment.read_text())
+        for name in names:
+            if name in data.get("components", {}):
+                data["components"][name]["componentVersion"] = version
+        deployment.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        changed.append(deployment)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["--set-version"]:
+        if len(args) != 2:
+            raise BuildError("usage: python -m voicebot.gg_build --set-version X.Y.Z")
+        for path in set_version(args[1]):
+            print(f"version {args[1]}: {path}")
+        return 0
     dirs = [Path(a) for a in args] or [REPO / d for d in DEFAULT_DIRS]
     with tempfile.TemporaryDirectory(prefix="voicebot-wheel-") as tmp:
-        wheel = build_wheel(Path(tmp))
+        wheel = build_wheel(Path(tmp), project_root(dirs[0]))
         for d in dirs:
             built = build_component(d, wheel=wheel)
             size = built.recipe.stat().st_size

@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,12 +124,41 @@ class WavSink:
             self._file.close()
 
 
-def find_device(device: str | int | None, kind: str) -> tuple[Any, str | int | None, Any]:
-    """PortAudio device by name fragment or index (``kind`` is "input" or "output"); a wrong one lists the choices."""
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str
+    """"input" or "output"."""
+    name: str
+    """Exactly what to write after ``device:`` / ``mic:`` (an exact name wins over partial matches)."""
+    channels: int
+    sample_rate: int
+    default: bool
+
+
+def _sounddevice() -> Any:
     try:
         import sounddevice as sd
     except OSError as exc:  # PortAudio missing
         raise AudioError(f"sounddevice cannot load PortAudio ({exc}); install libportaudio2") from exc
+    return sd
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every PortAudio input and output, as ``voicebot devices`` prints them."""
+    sd = _sounddevice()
+    default_in, default_out = sd.default.device
+    out = []
+    for index, d in enumerate(sd.query_devices()):
+        for kind, default in (("output", default_out), ("input", default_in)):
+            if d[f"max_{kind}_channels"] > 0:
+                out.append(DeviceInfo(kind, d["name"], int(d[f"max_{kind}_channels"]), int(d["default_samplerate"]),
+                                      index == default))
+    return out
+
+
+def find_device(device: str | int | None, kind: str) -> tuple[Any, str | int | None, Any]:
+    """PortAudio device by name fragment or index (``kind`` is "input" or "output"); a wrong one lists the choices."""
+    sd = _sounddevice()
     if isinstance(device, str) and device.isdigit():
         device = int(device)
     try:

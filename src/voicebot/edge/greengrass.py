@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -82,38 +83,79 @@ async def _serve(make: Callable[[Transport], Any], transport: Transport, config:
     await component.run(stop)
 
 
+def open_retrying(open_it: Callable[[], Any], what: str, *, retry_s: float = 5.0,
+                  sleep: Callable[[float], None] = time.sleep) -> Any:
+    """Open an audio device, retrying while it is missing (unplugged, busy, a USB card not enumerated yet).
+
+    One clear log line when it fails, then quiet retries (a reminder every ~5 minutes): a device that appears later
+    is picked up without a restart, and Greengrass never sees a traceback exit.
+    """
+    from voicebot.edge.audio import AudioError
+
+    tries = 0
+    while True:
+        try:
+            device = open_it()
+        except AudioError as exc:
+            tries += 1
+            if tries == 1 or tries % max(1, int(300 / retry_s)) == 0:
+                log.error("%s is not available: %s (retrying every %.0f s; `voicebot devices` lists the names)", what,
+                          exc, retry_s)
+            sleep(retry_s)
+            continue
+        if tries:
+            log.info("%s is available now", what)
+        return device
+
+
 def run_component(kind: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``components/voice-player/main.py`` and ``components/voice-interpreter/main.py``."""
+    """Entry point of ``components/voice-player/main.py`` and ``components/voice-interpreter/main.py``.
+
+    The recipe passes its configuration as environment variables (``Setenv``), so any value, spaces and brackets
+    included, arrives as it was written; flags given on the command line win (development).
+    """
+    env = os.environ.get
     parser = argparse.ArgumentParser(prog=f"voicebot-{kind}")
     parser.add_argument("--thing", required=True)
-    parser.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT)
+    parser.add_argument("--topic-root", default=env("VOICEBOT_TOPIC_ROOT") or DEFAULT_TOPIC_ROOT)
     if kind == "player":
-        parser.add_argument("--sink", default="device")
+        parser.add_argument("--sink", default=env("VOICEBOT_SINK") or "device")
     else:
-        parser.add_argument("--source", default="mic")
-        parser.add_argument("--stt", default="transcribe", choices=["transcribe", "vosk"])
-        parser.add_argument("--region", default=os.environ.get("AWS_REGION", "ap-northeast-2"))
+        parser.add_argument("--source", default=env("VOICEBOT_SOURCE") or "mic")
+        parser.add_argument("--stt", default=env("VOICEBOT_STT") or "transcribe", choices=["transcribe", "vosk"])
+        parser.add_argument("--region", default=env("VOICEBOT_REGION") or env("AWS_REGION") or "ap-northeast-2")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # Greengrass stops a component with SIGTERM, also while it waits for a device: exit cleanly, not as "killed".
+    # (The asyncio loop installs its own handler once it runs.)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     topics = Topics(args.topic_root, args.thing)
+    if kind == "player":
+        from voicebot.edge.audio import open_sink
+
+        sink = open_retrying(lambda: open_sink(args.sink), f"audio output {args.sink!r}")
+    else:
+        from voicebot.edge.audio import open_source
+        from voicebot.edge.stt import SttError, open_stt
+
+        try:
+            stt = open_stt(args.stt, region=args.region)
+        except SttError as exc:  # a missing native library (libatomic1 for Vosk): no restart will fix it
+            log.error("%s", exc)
+            return 3
+        source = open_retrying(lambda: open_source(args.source), f"audio input {args.source!r}")
     transport, config = _transport(kind, args.thing)
     try:
         if kind == "player":
-            from voicebot.edge.audio import open_sink
             from voicebot.edge.player import Player
 
-            sink = open_sink(args.sink)
             try:
                 asyncio.run(_serve(lambda t: Player(t, topics, sink), transport, config))
             finally:
                 sink.close()
         else:
-            from voicebot.edge.audio import open_source
             from voicebot.edge.interpreter import Interpreter
-            from voicebot.edge.stt import open_stt
 
-            source = open_source(args.source)
-            stt = open_stt(args.stt, region=args.region)
             asyncio.run(_serve(lambda t: Interpreter(t, topics, source, stt), transport, config))
     finally:
         transport.close()

