@@ -69,13 +69,18 @@ clean:
 # `sam build -t cloud/template.yaml` (BuildMethod: makefile) calls these with ARTIFACTS_DIR set: the thin handler,
 # the shared voicebot package, and the function's requirements built for Lambda (python3.12, arm64).
 # ---------------------------------------------------------------------------------------------------------------------
-# No bytecode is shipped: pip would compile it with the build machine's Python, which the python3.12 runtime ignores
-# (and recompiles on every cold start). Wheels are the ones for Amazon Linux 2023 (glibc 2.34). langchain-aws
-# declares numpy but the chat path never imports it (`make lambda-check` proves it), so it is not shipped.
+# Bytecode: pip would compile with the build machine's Python, whose .pyc the python3.12 runtime ignores, and the
+# read-only /var/task means it would compile every module again on each cold start. So pip compiles nothing, and
+# when a python3.12 is on the PATH (or LAMBDA_COMPILER names one) the artifact is compiled with it
+# (unchecked-hash: zip timestamps do not matter); otherwise it ships no bytecode at all. Wheels are the ones for
+# Amazon Linux 2023 (glibc 2.34). langchain-aws declares numpy but the chat path never imports it
+# (`make lambda-check` proves it), so it is not shipped.
 LAMBDA_PYTHON ?= 3.12
 LAMBDA_PLATFORMS ?= --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64
 LAMBDA_PIP := python3 -m pip install --quiet --upgrade --no-compile --target "$(ARTIFACTS_DIR)" --implementation cp \
 	--python-version $(LAMBDA_PYTHON) $(LAMBDA_PLATFORMS) --only-binary=:all:
+LAMBDA_COMPILER ?= $(shell p=python$(LAMBDA_PYTHON); $$p -c 'import sys; sys.exit(sys.version_info[:2] != \
+	tuple(map(int, "$(LAMBDA_PYTHON)".split("."))))' >/dev/null 2>&1 && echo $$p)
 
 build-ChatFunction build-SpeechFunction: build-%Function:
 	$(LAMBDA_PIP) -r cloud/lambdas/$(shell echo $* | tr A-Z a-z)/requirements.txt
@@ -84,3 +89,5 @@ build-ChatFunction build-SpeechFunction: build-%Function:
 	rm -rf "$(ARTIFACTS_DIR)"/numpy "$(ARTIFACTS_DIR)"/numpy-*.dist-info "$(ARTIFACTS_DIR)"/numpy.libs \
 	  "$(ARTIFACTS_DIR)"/bin
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
+	$(if $(LAMBDA_COMPILER),$(LAMBDA_COMPILER) -m compileall -q -j 0 --invalidation-mode unchecked-hash \
+	  "$(ARTIFACTS_DIR)" >/dev/null || echo "$*: some files did not compile (they run from source)",@echo "no python$(LAMBDA_PYTHON) here: $* ships no bytecode (set LAMBDA_COMPILER)")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from voicebot.cloud.tts import speech_rate
 from voicebot.local.cloud import default_template
 from voicebot.local.rules import load_rules, load_template, parse_rule_sql, resolve_sub
 
@@ -23,12 +27,47 @@ def statements(node):
 
 def test_no_iam_statement_uses_a_wildcard_action():
     found = list(statements(load_template(default_template())))
-    assert len(found) >= 10
+    assert len(found) >= 8
     for statement in found:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         assert all("*" not in a for a in actions), statement
         assert statement.get("Effect") == "Allow"
-        assert statement.get("Resource") != "*", statement
+        if statement.get("Resource") == "*":  # only where the action has no resource type to name
+            assert actions == ["polly:SynthesizeSpeech"], statement
+
+
+def test_polly_may_synthesize_without_a_lexicon():
+    """SynthesizeSpeech without a lexicon is authorized on "*": a lexicon/* resource denies every sentence."""
+    found = [s for s in statements(load_template(default_template())) if s["Action"] == "polly:SynthesizeSpeech"]
+    assert len(found) == 1 and found[0]["Resource"] == "*"
+
+
+def test_rule_invocations_are_for_a_live_conversation():
+    """IoT rules invoke asynchronously: no retry minutes later, old events dropped to a queue, not spoken."""
+    resources = load_template(default_template())["Resources"]
+    for name in ("ChatFunction", "SpeechFunction"):
+        props = resources[name]["Properties"]
+        config = props["EventInvokeConfig"]
+        assert config["MaximumRetryAttempts"] == 0 and config["MaximumEventAgeInSeconds"] <= 120
+        assert config["DestinationConfig"]["OnFailure"] == {"Type": "SQS",
+                                                           "Destination": {"Fn::GetAtt": ["FailedEventsQueue", "Arn"]}}
+        assert "ReservedConcurrentExecutions" in props
+        log_group = resources[name.replace("Function", "LogGroup")]["Properties"]
+        assert log_group["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{{name}}}"} and log_group["RetentionInDays"]
+    rule_role = resources["RuleErrorRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0]
+    assert set(rule_role["Action"]) == {"logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"}
+
+
+@pytest.mark.parametrize(("rate", "ok"), [("19%", False), ("20%", True), ("120%", True), ("200%", True),
+                                          ("201%", False), ("999%", False), ("fast", False)])
+def test_speech_rate_is_limited_to_what_polly_accepts(rate, ok):
+    pattern = load_template(default_template())["Parameters"]["SpeechRate"]["AllowedPattern"]
+    assert bool(re.fullmatch(pattern, rate)) is ok  # CloudFormation matches the whole value
+    if ok:
+        assert speech_rate(rate) == rate
+    else:
+        with pytest.raises(ValueError, match="20% to 200%"):
+            speech_rate(rate)
 
 
 def test_every_rule_sql_parses_in_the_local_engine():

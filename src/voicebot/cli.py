@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("devices", help="list audio inputs and outputs with the exact Source/Sink value for each")
 
+    from voicebot.cloud.device_policy import add_arguments
+
+    add_arguments(sub.add_parser("device-policy", help="print the AWS IoT policy of one core device (its own topics "
+                                                       "and client ids only)"))
+
     monitor = sub.add_parser("monitor", help="print every voicebot message as a legible line")
     _connection_flags(monitor)
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
@@ -213,6 +218,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_device_policy(args: argparse.Namespace) -> int:
+    from voicebot.cloud.device_policy import PolicyError, policy_json
+
+    try:
+        print(policy_json(args))
+    except PolicyError as exc:
+        print(f"voicebot device-policy: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from voicebot.bench.main import main as bench_main
 
@@ -220,8 +236,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
-COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player,
-            "interpreter": cmd_interpreter}
+COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "device-policy": cmd_device_policy, "monitor": cmd_monitor,
+            "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,9 @@ deps = chat_deps_from_env()
 
 
 @idempotent_function(data_keyword_argument="event", persistence_store=persistence, config=idempotency)
-def answer_once(event: dict[str, Any]) -> dict[str, Any]:
-    outcome = answer_transcript(event, deps)
+def answer_once(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    # The model's deadline and client timeouts come from the time this invocation has left.
+    outcome = answer_transcript(event, deps, time_left_s=lambda: context.get_remaining_time_in_millis() / 1000)
     if outcome is None:
         return {"answered": False}
     metrics.add_metric(name="Sentences", unit=MetricUnit.Count, value=len(outcome.sentences))
@@ -48,7 +49,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="Transcripts", unit=MetricUnit.Count, value=1)
     logger.append_keys(thing=event.get("thing"), request_id=event.get("requestId"), model=os.environ.get("MODEL_ID"))
     try:
-        return answer_once(event=event)
+        return answer_once(event=event, context=context)
     except IdempotencyAlreadyInProgressError:
         logger.info("duplicate delivery while the first is still answering; ignored")
         return {"answered": False, "duplicate": True}

@@ -31,10 +31,14 @@ def require_env(name: str) -> str:
 
 def iot_data_client(region: str | None = None) -> Any:
     import boto3
+    from botocore.config import Config
 
     endpoint = os.environ.get("IOT_DATA_ENDPOINT", "").strip()
     url = f"https://{endpoint}" if endpoint and not endpoint.startswith("https://") else (endpoint or None)
-    return boto3.client("iot-data", region_name=region, endpoint_url=url)
+    # A publish is a small HTTPS POST: short timeouts keep the apology inside the chat's reserve (ChatSettings.reserve_s)
+    # even when IoT Core is slow: at most 2 attempts x (1 s connect + 1.5 s read) per message.
+    config = Config(connect_timeout=1, read_timeout=1.5, retries={"mode": "standard", "total_max_attempts": 2})
+    return boto3.client("iot-data", region_name=region, endpoint_url=url, config=config)
 
 
 def chat_settings_from_env() -> ChatSettings:
@@ -49,14 +53,16 @@ def chat_settings_from_env() -> ChatSettings:
 
 def chat_deps_from_env(*, model: Any = None) -> ChatDeps:
     import boto3
+    from botocore.config import Config
 
     from voicebot.cloud.chat import ChatDeps
-    from voicebot.cloud.llm import LlmSettings, bedrock_model
+    from voicebot.cloud.llm import BedrockModels, LlmSettings
 
-    table = boto3.resource("dynamodb").Table(require_env("HISTORY_TABLE"))
-    llm = LlmSettings.from_env()
+    config = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 2})
+    table = boto3.resource("dynamodb", config=config).Table(require_env("HISTORY_TABLE"))
     return ChatDeps(
-        model=model or bedrock_model(llm),
+        model=model,
+        model_for_budget=BedrockModels(LlmSettings.from_env()),  # client timeouts follow the invocation's time left
         history=DynamoHistory(table, keep_days=int(os.environ.get("HISTORY_DAYS", "7"))),
         publisher=IotDataPublisher(iot_data_client()),
         settings=chat_settings_from_env(),

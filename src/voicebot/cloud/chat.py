@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from voicebot.cloud.history import HistoryStore, Turn
-from voicebot.cloud.llm import SYSTEM_PROMPT
+from voicebot.cloud.llm import SYSTEM_PROMPT, stream_until
 from voicebot.cloud.publish import Publisher, send, send_error
 from voicebot.protocol import (
     DEFAULT_TOPIC_ROOT,
@@ -52,6 +53,8 @@ class ChatSettings:
     max_question_chars: int = MAX_TRANSCRIPT_CHARS
     deadline_s: float = 25.0
     """Give up on the model after this long and apologise instead (the device must always say something)."""
+    reserve_s: float = 6.0
+    """Time kept back from the Lambda's remaining time for the apology, the error event and the history write."""
     system_prompt: str = SYSTEM_PROMPT
     stream_sentences: bool = True
     """False = the source blog's whole-answer behaviour (wait for the full answer, one message): the benchmark's
@@ -60,10 +63,20 @@ class ChatSettings:
 
 @dataclass
 class ChatDeps:
-    model: BaseChatModel
+    model: BaseChatModel | None
+    """The model, when its client timeouts need not follow the time left (tests, the local stack)."""
     history: HistoryStore
     publisher: Publisher
     settings: ChatSettings = field(default_factory=ChatSettings)
+    model_for_budget: Callable[[float], BaseChatModel] | None = None
+    """In Lambda: a model whose client gives up within the given seconds (used when ``model`` is None)."""
+
+    def model_within(self, budget_s: float) -> BaseChatModel:
+        if self.model is not None:
+            return self.model
+        if self.model_for_budget is None:
+            raise RuntimeError("ChatDeps needs a model or model_for_budget")
+        return self.model_for_budget(budget_s)
 
 
 @dataclass
@@ -121,9 +134,24 @@ def superseded(deps: ChatDeps, thing: str, request_id: str) -> bool:
     return bool(latest) and latest != request_id
 
 
-def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome | None:
-    """Answer one completed transcript. Never raises for bad input or a failing model: it reports and apologises."""
+def answer_budget(settings: ChatSettings, time_left_s: Callable[[], float] | None) -> float:
+    """Seconds the model may take: the configured deadline, cut to what the Lambda has left minus the reserve."""
+    budget = settings.deadline_s
+    if time_left_s is not None:
+        budget = min(budget, time_left_s() - settings.reserve_s)
+    return max(budget, 0.0)
+
+
+def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
+                      time_left_s: Callable[[], float] | None = None) -> ChatOutcome | None:
+    """Answer one completed transcript. Never raises for bad input or a failing model: it reports and apologises.
+
+    ``time_left_s`` is the Lambda's remaining time (``context.get_remaining_time_in_millis() / 1000``): the model's
+    deadline and its client's timeouts come from it, so the apology always goes out before the Lambda is stopped.
+    """
     settings = deps.settings
+    budget = answer_budget(settings, time_left_s)
+    deadline = time.monotonic() + budget
     thing = event.get("thing")
     if not isinstance(thing, str) or not thing:
         log.error("chat: event has no thing from topic(2); is the rule SQL right? (dropped)")
@@ -163,10 +191,10 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
     messages = build_messages(settings.system_prompt, history, question)
     splitter = SentenceSplitter()
     try:
-        deadline = time.monotonic() + settings.deadline_s
         held: list[str] = []  # baseline only: the whole answer, spoken at the end
-        for chunk in deps.model.stream(messages):
-            for sentence in splitter.feed(chunk.text):
+        model = deps.model_within(deadline - time.monotonic())
+        with closing(stream_until(model, messages, deadline)) as chunks:
+            for sentence in (s for text in chunks for s in splitter.feed(text)):
                 if not settings.stream_sentences:
                     held.append(sentence)
                     continue
@@ -175,8 +203,6 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps) -> ChatOutcome |
                     log.info("chat: %s from %s superseded mid-answer; stopped", message.request_id, thing)
                     return ChatOutcome(thing, message.request_id, out.sentences, "superseded")
                 out.send(sentence)  # the moment it is complete: the device starts speaking now
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"model did not finish within {settings.deadline_s:.0f} s")
         rest = held + splitter.flush()
         if not settings.stream_sentences and rest:
             rest = [" ".join(rest)]

@@ -9,11 +9,14 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -109,13 +112,65 @@ class LoopbackChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=AIMessage(content=text))])
 
 
+class ModelTimeout(TimeoutError):
+    """The model said nothing (more) before the answer's deadline."""
+
+
+def stream_until(model: BaseChatModel, messages: list[BaseMessage], deadline: float) -> Iterator[str]:
+    """The model's streamed text, never waiting past ``deadline`` (``time.monotonic()``), not even for the first token.
+
+    A hung HTTP read cannot be interrupted, so the model is advanced in a helper thread, one chunk per request: the
+    model only works ahead of the caller by the chunk being asked for (the answer streams exactly as before), and
+    when the caller gives up the helper ends as soon as the stuck read returns (the client's own timeouts bound that).
+    """
+    wanted: queue.Queue[bool] = queue.Queue()  # holds at most two items: a request and the stop
+    results: queue.Queue[tuple[str, Any]] = queue.Queue()  # at most one item: one per request
+
+    def advance() -> None:
+        chunks = model.stream(messages)
+        try:
+            while wanted.get():
+                try:
+                    item: tuple[str, Any] = ("text", next(chunks).text)
+                except StopIteration:
+                    item = ("end", None)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
+                    item = ("error", exc)
+                results.put(item)
+                if item[0] != "text":
+                    return
+        finally:
+            chunks.close()
+
+    threading.Thread(target=advance, name="model-stream", daemon=True).start()
+    try:
+        while True:
+            wanted.put(True)
+            left = deadline - time.monotonic()
+            try:
+                kind, value = results.get(timeout=max(left, 0.0))
+            except queue.Empty:
+                raise ModelTimeout("the model did not answer in time") from None
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        wanted.put(False)  # the helper stops at its next request
+
+
 def bedrock_model(settings: LlmSettings, *, client: Any = None) -> BaseChatModel:
+    """Claude through Bedrock's ConverseStream. ``settings.timeout_s`` is the answer's whole budget: no read waits
+    longer, and a retry (throttling, a dropped connection) happens only once."""
     from botocore.config import Config
     from langchain_aws import ChatBedrockConverse
 
+    budget = max(1.0, settings.timeout_s)
     config = Config(
-        retries={"mode": "adaptive", "max_attempts": 3},
-        connect_timeout=5, read_timeout=max(5, int(settings.timeout_s)),
+        # total_max_attempts counts the first try (botocore's max_attempts counts retries only)
+        retries={"mode": "adaptive", "total_max_attempts": 2},
+        connect_timeout=min(3.0, budget), read_timeout=budget,
     )
     kwargs: dict[str, Any] = dict(
         model=settings.model_id, region_name=settings.region, temperature=settings.temperature,
@@ -124,6 +179,30 @@ def bedrock_model(settings: LlmSettings, *, client: Any = None) -> BaseChatModel
     if client is not None:
         kwargs["client"] = client
     return ChatBedrockConverse(**kwargs)
+
+
+class BedrockModels:
+    """Bedrock chat models whose client timeouts fit the time an invocation has left, per whole second of budget.
+
+    A Lambda container sees nearly the same budget on every invocation, so this holds one or two models.
+    """
+
+    def __init__(self, settings: LlmSettings, *, keep: int = 4) -> None:
+        self.settings = settings
+        self.keep = keep
+        self._models: dict[int, BaseChatModel] = {}
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __call__(self, budget_s: float) -> BaseChatModel:
+        seconds = max(1, math.floor(budget_s))
+        model = self._models.get(seconds)
+        if model is None:
+            if len(self._models) >= self.keep:
+                self._models.pop(next(iter(self._models)))
+            model = self._models[seconds] = bedrock_model(replace(self.settings, timeout_s=seconds))
+        return model
 
 
 def llamacpp_model(settings: LlmSettings) -> BaseChatModel:

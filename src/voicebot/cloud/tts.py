@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -74,10 +75,24 @@ class EspeakTts:
         return SynthesizedAudio(pcm_to_wav(pcm, self.sample_rate), "wav", self.sample_rate)
 
 
+# Characters XML 1.0 cannot hold even escaped (control characters, lone surrogates, U+FFFE/U+FFFF): Polly rejects
+# the whole SSML document for one of them, so they are dropped.
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_RATE = re.compile(r"^(\d{1,3})%$")
+
+
+def speech_rate(rate: str) -> str:
+    """A prosody rate Polly accepts: a percentage from 20% to 200%."""
+    m = _RATE.match(rate.strip())
+    if not m or not 20 <= int(m.group(1)) <= 200:
+        raise ValueError(f"speech rate {rate!r} must be a percentage from 20% to 200% (Polly's prosody limits)")
+    return f"{int(m.group(1))}%"
+
+
 def ssml_for(text: str, rate: str) -> str:
-    """Polly SSML with every character of the text escaped (<, >, &, quotes)."""
-    safe = escape(text, {'"': "&quot;", "'": "&apos;"})
-    return f'<speak><prosody rate="{escape(rate)}">{safe}</prosody></speak>'
+    """Polly SSML with every character of the text escaped (<, >, &, quotes) and XML-forbidden ones removed."""
+    safe = escape(_NOT_XML.sub("", text), {'"': "&quot;", "'": "&apos;"})
+    return f'<speak><prosody rate="{speech_rate(rate)}">{safe}</prosody></speak>'
 
 
 class PollyTts:
@@ -91,7 +106,7 @@ class PollyTts:
             raise ValueError(f"unsupported Polly output format {output_format!r}")
         self.client = client
         self.voice_id = voice_id
-        self.rate = rate
+        self.rate = speech_rate(rate)  # a wrong SPEECH_RATE fails at the cold start, not on every sentence
         self.output_format = output_format
         self.engine = engine
         self.sample_rate = 24_000 if output_format == "ogg_vorbis" else 16_000
@@ -115,5 +130,7 @@ def polly_client(region: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
-    # Adaptive retries absorb Polly throttling (a burst of sentences from many devices).
-    return boto3.client("polly", region_name=region, config=Config(retries={"mode": "adaptive", "max_attempts": 5}))
+    # Adaptive retries absorb Polly throttling (a burst of sentences from many devices). total_max_attempts counts the
+    # first try; the timeouts keep 4 attempts inside the speech function's 30 s.
+    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "adaptive", "total_max_attempts": 4})
+    return boto3.client("polly", region_name=region, config=config)
