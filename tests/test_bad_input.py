@@ -81,3 +81,15 @@ def test_bad_messages_on_every_topic_then_a_good_turn(broker, connect, topics, t
     long_answers = [json.loads(p) for p in observer.on(topics.answer) if json.loads(p)["requestId"] == ids["long"]]
     assert [a["text"] for a in long_answers] == ["질문이 너무 길어요. 조금 짧게 다시 말씀해 주세요."]
     assert "not JSON" in caplog.text and "unknown protocol version" in caplog.text
+
+
+def test_a_sentence_with_characters_xml_cannot_hold_still_makes_valid_ssml():
+    """Polly rejects the whole SSML document for one control character or lone surrogate: they are dropped,
+    everything else (Korean, emoji, markup characters) is kept and escaped."""
+    import xml.etree.ElementTree as ET
+
+    from voicebot.cloud.tts import ssml_for
+
+    text = "안녕\x00하세요\x1b <b>&\"'\ud800\ufffe 😀\t끝"
+    root = ET.fromstring(ssml_for(text, "120%"))
+    assert root.find("prosody").text == "안녕하세요 <b>&\"' 😀\t끝"

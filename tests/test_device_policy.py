@@ -107,6 +107,13 @@ def test_the_command_prints_the_policy_json():
                           check=True, timeout=60)
     assert json.loads(done.stdout) == device_policy("pi-01", region="ap-northeast-2", account="123456789012",
                                                     role_alias="VoicebotTesAlias")
+    watch = subprocess.run([voicebot, "device-policy", "--monitor", "--region", "ap-northeast-2", "--account",
+                            "123456789012"], capture_output=True, text=True, check=True, timeout=60)
+    monitor = json.loads(watch.stdout)
+    assert can(monitor, "Connect", "client", "voicebot-monitor-4242") and not can(monitor, "Connect", "client", "pi-01")
+    assert can(monitor, "Subscribe", "topicfilter", "voicebot/#")
+    assert can(monitor, "Receive", "topic", "voicebot/pi-02/audio")
+    assert not can(monitor, "Publish", "topic", "voicebot/pi-02/transcript")
     bad = subprocess.run([voicebot, "device-policy", "--thing", "pi-*", "--region", "r", "--account", "123456789012"],
                          capture_output=True, text=True, check=False, timeout=60)
     assert bad.returncode == 2 and "not an AWS IoT thing name" in bad.stderr

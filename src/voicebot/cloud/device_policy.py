@@ -98,8 +98,26 @@ def device_policy(thing: str, *, region: str, account: str, role_alias: str, par
     }
 
 
+def monitor_policy(*, region: str, account: str, partition: str = "aws", topic_root: str = "voicebot") -> dict[str, Any]:
+    """`voicebot monitor` on a laptop: watch every device's topics, publish nothing."""
+    arn = f"arn:{partition}:iot:{region}:{account}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "ConnectAsMonitor", "Effect": "Allow", "Action": "iot:Connect",
+             "Resource": f"{arn}:client/voicebot-monitor-*"},
+            {"Sid": "WatchEveryDevice", "Effect": "Allow", "Action": "iot:Subscribe",
+             "Resource": f"{arn}:topicfilter/{topic_root}/#"},
+            {"Sid": "ReceiveEveryDevice", "Effect": "Allow", "Action": "iot:Receive",
+             "Resource": f"{arn}:topic/{topic_root}/*"},
+        ],
+    }
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--thing", required=True, help="the core device's thing name")
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--thing", help="the core device's thing name")
+    who.add_argument("--monitor", action="store_true", help="the read-only policy of `voicebot monitor` instead")
     parser.add_argument("--region", required=True)
     parser.add_argument("--account", required=True, help="12-digit AWS account id")
     parser.add_argument("--role-alias", default="GreengrassCoreTokenExchangeRoleAlias",
@@ -109,6 +127,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def policy_json(args: argparse.Namespace) -> str:
+    if not re.fullmatch(r"\d{12}", args.account):
+        raise PolicyError(f"{args.account!r} is not a 12-digit AWS account id")
+    if args.monitor:
+        return json.dumps(monitor_policy(region=args.region, account=args.account, partition=args.partition,
+                                         topic_root=args.topic_root), indent=2)
     policy = device_policy(args.thing, region=args.region, account=args.account, role_alias=args.role_alias,
                            partition=args.partition, topic_root=args.topic_root)
     return json.dumps(policy, indent=2, ensure_ascii=False)
