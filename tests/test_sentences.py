@@ -106,21 +106,25 @@ def test_an_ambiguous_end_waits_for_the_next_word():
     assert s.flush() == ["내"]
 
 
-def test_an_unambiguous_korean_end_is_released_at_once():
+def test_a_korean_end_is_released_by_the_space_after_it():
     s = SentenceSplitter()
-    assert s.feed("오늘은 맑아요.") == ["오늘은 맑아요."]  # "요." cannot be a decimal or an abbreviation
-    assert s.feed(" 정말 그래요?") == ["정말 그래요?"]
-    assert s.feed(" 그럼요!") == []  # too short alone ("그럼요!" has 3 letters): merged with what follows
-    assert s.feed(" 좋습니다.") == ["그럼요! 좋습니다."]
-    assert s.feed(" 버전 3.") == []
+    assert s.feed("오늘은 맑아요.") == []  # "요." may still become "요..." or "요.)"
+    assert s.feed(" ") == ["오늘은 맑아요."]  # the space confirms it: nothing after it can change this end
+    assert s.feed("정말 그래요?") == []
+    assert s.feed(" 그") == ["정말 그래요?"]  # after "?" the next word decides ("그래요? 라고" goes on)
+    assert s.feed("럼요! ") == []
+    assert s.feed("좋") == []  # too short alone ("그럼요!" has 3 letters): merged with what follows
+    assert s.feed("습니다. ") == ["그럼요! 좋습니다."]
+    assert s.feed("버전 3.") == []
     assert s.flush() == ["버전 3."]
 
 
 def test_decimal_is_not_split_while_streaming():
     s = SentenceSplitter()
     assert s.feed("기온은 25.") == []
-    assert s.feed("5도예요. ") == []
-    assert s.feed("좋네요.") == ["기온은 25.5도예요."]
+    assert s.feed("5도예요.") == []
+    assert s.feed(" ") == ["기온은 25.5도예요."]
+    assert s.feed("좋네요.") == []
     assert s.flush() == ["좋네요."]
 
 

@@ -3,9 +3,18 @@
 The chat handler feeds model tokens in as they stream and publishes each sentence the moment it is complete, so the
 device can start speaking the first sentence while the model is still writing the rest.
 
-An ambiguous sentence end is *confirmed* only when the next non-space character arrives (or at ``flush``): until then
-``25.`` could still become ``25.5도`` and ``3:`` could become ``3:30``. An end that cannot be anything else (``요.``,
-``다.``, ``?``, ``!``) is released at once.
+Two promises, checked by a property test over arbitrary text and arbitrary chunking:
+
+* **Nothing is lost.** Joined, the sentences are the input, except whitespace and what ``clean_for_speech`` removes
+  on purpose (markdown marks, emoji, citation marks). A fragment with nothing to say (``...`` after a sentence that
+  already went out) is carried into the next sentence, never dropped.
+* **Chunking does not matter.** Every decision depends only on the text, never on where a chunk ended: a sentence
+  end is confirmed by what follows it, and the splitter waits for that. A Korean end (``요.``, ``다.``) is confirmed by
+  the space after it; an ambiguous one by the next word (``25.`` could still become ``25.5도``, ``3:`` ``3:30``,
+  ``그래요? 라고`` is a quoted question inside a sentence).
+
+A quote or bracket holds back sentence ends inside it, but only for ``QUOTE_HOLD`` characters: one stray ``"``
+(an inch mark) or unclosed ``(`` must not turn streaming off for the rest of the answer.
 """
 
 from __future__ import annotations
@@ -26,8 +35,12 @@ ABBREVIATIONS = frozenset(
      "a.m", "p.m", "u.s", "u.k", "fig", "vol", "etc"}
 )
 
-# Markdown and symbols a TTS engine would read aloud.
-_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+#: How far (in characters) an open quote or bracket may hold back a Hangul sentence end inside it.
+QUOTE_HOLD = 50
+
+# Markdown and symbols a TTS engine would read aloud. A link keeps its text; a "(...)" that is not a URL is text.
+_MD_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|www\.|mailto:|/|#)[^)\s]*\)")
+_CITATION = re.compile(r"\[\d{1,3}\]")
 _MD_HEADER = re.compile(r"^\s{0,3}#{1,6}\s*")
 _MD_BULLET = re.compile(r"^\s*(?:[-*+•·▪◦]|>)\s+")
 _MD_EMPHASIS = re.compile(r"(\*\*|__|\*|`+|~~)")
@@ -53,6 +66,7 @@ def clean_for_speech(text: str) -> str:
         lines.append(line)
     text = " ".join(lines)
     text = _MD_LINK.sub(r"\1", text)
+    text = _CITATION.sub("", text)
     text = _MD_EMPHASIS.sub("", text)
     text = _EMOJI.sub("", text)
     text = _SPACES.sub(" ", text).strip()
@@ -85,12 +99,14 @@ class SentenceSplitter:
         return self._drain(final=False)
 
     def flush(self) -> list[str]:
+        """The rest. A last piece with nothing to say (a trailing "..." or ")") is still returned: the caller decides
+        whether to speak it; the splitter loses nothing."""
         out = self._drain(final=True)
         tail = clean_for_speech(self._buffer)
         self._buffer = ""
         rest = " ".join(p for p in (self._pending, tail) if p)
         self._pending = ""
-        if spoken_length(rest) > 0:
+        if rest:
             out.append(rest)
         return out
 
@@ -104,12 +120,10 @@ class SentenceSplitter:
                 return out
             raw, self._buffer = self._buffer[:end], self._buffer[end:]
             sentence = clean_for_speech(raw)
-            if spoken_length(sentence) == 0:
-                if self._pending:  # "음." released early, then ".." arrives: keep the ellipsis with it
-                    self._pending += sentence.replace(" ", "")
-                continue  # only markup, punctuation or emoji: nothing to say
+            if not sentence:
+                continue  # only markup or emoji, removed on purpose
             sentence = f"{self._pending} {sentence}" if self._pending else sentence
-            if spoken_length(sentence) < self.min_chars:
+            if spoken_length(sentence) < self.min_chars:  # too short alone, or nothing to say: goes with the next
                 self._pending = sentence
                 continue
             self._pending = ""
@@ -134,7 +148,8 @@ def _next_non_space(text: str, start: int) -> int:
 
 
 def _is_list_number(text: str, dot: int) -> bool:
-    """``1.`` / ``12.`` at the start of a line is a list number, not a sentence end."""
+    """``1.`` / ``12.`` at the start of a line, or ``1.`` to ``20.`` after a space, is a list number, not a sentence
+    end."""
     i = dot
     while i > 0 and text[i - 1].isdigit():
         i -= 1
@@ -143,7 +158,9 @@ def _is_list_number(text: str, dot: int) -> bool:
     j = i
     while j > 0 and text[j - 1] in " \t":
         j -= 1
-    return j == 0 or text[j - 1] == "\n"
+    if j == 0 or text[j - 1] == "\n":
+        return True
+    return j < i and int(text[i:dot]) <= 20
 
 
 def _is_abbreviation(text: str, dot: int) -> bool:
@@ -158,10 +175,55 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     return word in ABBREVIATIONS
 
 
+_EMOJI_CHAR = re.compile(_EMOJI.pattern.rstrip("+"))
+#: After "?" or "!", words that continue the sentence around a quoted question: "그래요? 라고 물었다".
+_QUOTED_QUESTION_GOES_ON = re.compile(r"^(?:이?라(?:고|는|며|면서|던|니)|하(?:고|는|며|면서|던|니|셨|시)|했|할|싶"
+                                      r"|냐고|느냐고|는지|란|고$|며$)")
+_QUOTED_QUESTION_STARTS = frozenset("이라하했할싶냐느는란고며")
+#: An inline list number after some text: " 2. " (2 to 20; "1." opens a list and "2024." is a year).
+_INLINE_LIST_NUMBER = re.compile(r"\s(?:[2-9]|1\d|20)\. ")
+
+
+def _opens_quote(text: str, i: int) -> bool:
+    """An ASCII quote opens only at the start of a word: 6.1" is an inch mark, don't an apostrophe."""
+    return i == 0 or not text[i - 1].isalnum()
+
+
+def _mark_end(text: str, end: int, *, final: bool) -> int | None:
+    """Past the closers and citation marks (".[5]") that belong to a sentence end; None if one may still be arriving."""
+    n = len(text)
+    while end < n:
+        if text[end] in TRAILING_CLOSERS:
+            end += 1
+        elif text[end] == "[":
+            m = _CITATION.match(text, end)
+            if m:
+                end = m.end()
+            elif re.fullmatch(r"\[\d{0,3}", text[end:]) and not final:
+                return None  # "[5" may still become "[5]"
+            else:
+                break
+        else:
+            break
+    return end
+
+
+def _quoted_question_goes_on(text: str, k: int, *, final: bool) -> bool | None:
+    """Whether the word at ``k`` continues the sentence ("? 라고"); None while the word is still arriving."""
+    word = re.match(r"[^\s.?!,…。？！:;\"')\]]*", text[k:]).group(0)
+    if word[:1] not in _QUOTED_QUESTION_STARTS:
+        return False  # decided by the first character: no waiting on most sentences
+    if k + len(word) == len(text) and len(word) < 3 and not final:
+        return None
+    return bool(_QUOTED_QUESTION_GOES_ON.match(word))
+
+
 def _find_boundary(text: str, *, final: bool) -> int | None:
-    """Index just past the first confirmed sentence end in ``text``, or None if there is none yet."""
-    stack: list[str] = []  # expected closers of open brackets/quotes
-    in_ascii_quote = False
+    """Index just past the first confirmed sentence end in ``text``, or None if there is none yet.
+
+    Only the text decides, never where it was cut: where what follows an end is not there yet, wait (None).
+    """
+    stack: list[tuple[str, int]] = []  # (expected closer, where it opened) of open brackets and quotes
     n = len(text)
     i = 0
     while i < n:
@@ -172,37 +234,61 @@ def _find_boundary(text: str, *, final: bool) -> int | None:
                 if k < n or final:
                     return i + 1
                 return None
+        elif c in "\"'" and stack and stack[-1][0] == c:
+            stack.pop()
+        elif c in "\"'":
+            if _opens_quote(text, i):
+                stack.append((c, i))
         elif c in OPENERS:
-            stack.append(OPENERS[c])
+            stack.append((OPENERS[c], i))
         elif c in CLOSERS:
-            if stack and stack[-1] == c:
+            if stack and stack[-1][0] == c:
                 stack.pop()
-        elif c == '"':
-            in_ascii_quote = not in_ascii_quote
-        elif c in TERMINATORS and not stack and not in_ascii_quote:
+        elif c.isspace() and spoken_length(text[:i]) and _INLINE_LIST_NUMBER.match(text, i):
+            return i + 1  # "1. 물을 끓여요 2. 면을 넣어요": item 2 starts a sentence
+        elif c.isspace() and i + 4 > n and not final and spoken_length(text[:i]) \
+                and re.fullmatch(r"\s(?:[2-9]|1\d?|20?)\.?", text[i:]):
+            return None  # an inline list number may be arriving
+        elif c in TERMINATORS or (_EMOJI_CHAR.match(c) and i > 0 and text[i - 1].isalnum()):
+            hangul_end = i > 0 and _is_hangul(text[i - 1])
+            if stack and not (hangul_end and i - stack[0][1] > QUOTE_HOLD):
+                i += 1
+                continue  # inside a quote or bracket
+            run = TERMINATORS if c in TERMINATORS else None
             j = i
-            while j + 1 < n and text[j + 1] in TERMINATORS:
+            while j + 1 < n and (text[j + 1] in TERMINATORS if run else bool(_EMOJI_CHAR.match(text[j + 1]))):
                 j += 1
-            end = j + 1
-            while end < n and text[end] in TRAILING_CLOSERS:
-                end += 1
+            end = _mark_end(text, j + 1, final=final)
+            if end is None:
+                return None
             if end == n:
-                # At the end of what has arrived, wait for the next character, unless the end cannot be anything
-                # else: "?", "!", "。" or a period right after a Hangul syllable ("요.", "다.") are never decimals,
-                # times, list numbers or abbreviations. This saves one token's wait on most Korean sentences.
-                unambiguous = text[i] in "?!？！。…" or (text[i] in ".．" and i > 0 and _is_hangul(text[i - 1]))
-                return end if final or (unambiguous and j + 1 == n) else None
+                return end if final else None
             nxt = text[end]
             single = j == i
+            if run is None:  # emoji: a sentence end only before a space ("좋아요😊 다음")
+                if nxt.isspace():
+                    return end
+                i = end
+                continue
             if single and c in SOFT_TERMINATORS and not nxt.isspace():
                 i = end  # 25.5, 3:30, e.g, v1.2 — glued to what follows
                 continue
             if single and c in ".．" and (_is_list_number(text, i) or _is_abbreviation(text, i)):
                 i = end
                 continue
+            question = any(t in "?!？！" for t in text[i:j + 1])
+            if nxt.isspace() and hangul_end and not question:
+                return end  # "요. ": nothing that follows can change this end
             k = _next_non_space(text, end)
-            if k == n and not final:
-                return None  # wait: the end is confirmed by the next non-space character
+            if k == n:
+                return end if final else None  # wait: the end is confirmed by the next non-space character
+            if question and nxt.isspace():
+                goes_on = _quoted_question_goes_on(text, k, final=final)
+                if goes_on is None:
+                    return None
+                if goes_on:
+                    i = k
+                    continue
             return end
         i += 1
     return None

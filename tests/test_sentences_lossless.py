@@ -1,0 +1,108 @@
+"""The splitter's two promises, as properties over arbitrary text and arbitrary chunk boundaries (hypothesis):
+nothing is lost, and where chunks are cut does not change the sentences. Then the cases that used to break them."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from voicebot.sentences import QUOTE_HOLD, SentenceSplitter, split_sentences
+
+# Everything the splitter decides on (terminators, quotes, brackets, digits, Hangul, Latin, spaces, newlines), and
+# nothing that clean_for_speech removes on purpose (markdown marks, emoji, citation brackets).
+ALPHABET = st.sampled_from(list("요다까죠니세가나한국어 ab.?!:…。？！,;%\"'()「」“”‘’0123456789\n\t") + ["요. ", "? 라고 ",
+                           "... ", "25.5", "3:30", "Dr. ", "e.g. ", " 2. ", '6.1" ', "(예: ", "'.', ", ".[5] "])
+
+
+def streamed(text: str, cuts: list[int]) -> list[str]:
+    splitter = SentenceSplitter()
+    out: list[str] = []
+    last = 0
+    for cut in sorted(set(cuts)) + [len(text)]:
+        out += splitter.feed(text[last:cut])
+        last = cut
+    return out + splitter.flush()
+
+
+def without_space(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(ALPHABET, max_size=60).map("".join).flatmap(
+    lambda text: st.tuples(st.just(text), st.lists(st.integers(0, len(text)), max_size=12))))
+def test_nothing_is_lost_and_chunking_does_not_matter(case):
+    text, cuts = case
+    whole = split_sentences(text)
+    assert without_space("".join(whole)) == without_space(re.sub(r"\[\d{1,3}\]", "", text))
+    assert streamed(text, cuts) == whole
+    assert streamed(text, list(range(len(text)))) == whole  # one character at a time
+
+
+def test_an_ellipsis_or_a_double_mark_is_kept_whole_while_streaming():
+    for text in ("한번 해 보세요... 그럼 알게 돼요.", "정말 그랬다고요?! 믿을 수 없어요.", "진짜 그랬어요?? 대단하네요."):
+        expected = split_sentences(text)
+        assert "".join(expected).replace(" ", "") == text.replace(" ", "")
+        assert streamed(text, list(range(len(text)))) == expected
+    assert split_sentences("한번 해 보세요... 그럼 알게 돼요.") == ["한번 해 보세요...", "그럼 알게 돼요."]
+
+
+def test_a_bracket_that_is_not_a_link_keeps_its_text():
+    # "[14]" is a citation mark (removed on purpose); what is in the brackets after it is text, not a link target
+    assert split_sentences("관동 대지진[14](일본어: 関東大地震)은 1923년에 일어났어요.") == [
+        "관동 대지진(일본어: 関東大地震)은 1923년에 일어났어요."]
+    assert split_sentences("[기상청](https://www.kma.go.kr)에 따르면 비가 와요.") == ["기상청에 따르면 비가 와요."]
+
+
+def test_a_stray_quote_or_an_unclosed_bracket_does_not_stop_streaming():
+    text = ('화면은 6.1" 크기예요. 배터리는 하루 종일 가요. 무게도 가벼워요. 카메라도 좋아요. 색상은 세 가지예요. '
+            '가격은 조금 비싸요. 그래도 추천해요.')
+    s = SentenceSplitter()
+    released_before_flush = [x for i in range(len(text)) for x in s.feed(text[i])]
+    assert len(released_before_flush) >= 5  # streaming goes on after the inch mark
+    unclosed = "설명(괄호가 닫히지 않아요. " + "이 문장은 꽤 길게 이어지는 설명입니다. " * 3 + "끝이에요."
+    s = SentenceSplitter()
+    released = [x for i in range(len(unclosed)) for x in s.feed(unclosed[i])]
+    assert released, f"an unclosed bracket held back more than {QUOTE_HOLD} characters"
+    # a short quotation still holds its inner ends
+    assert split_sentences("그는 “안녕하세요. 반가워요.”라고 말했어요.") == ["그는 “안녕하세요. 반가워요.”라고 말했어요."]
+
+
+def test_single_quoted_items_titles_and_citations_do_not_split():
+    assert split_sentences("문장 부호에는 '.', '?', '!'가 있어요. 다 중요해요.") == [
+        "문장 부호에는 '.', '?', '!'가 있어요.", "다 중요해요."]
+    assert split_sentences("영화 '탑건: 매버릭'을 보셨나요? 정말 재밌어요.") == [
+        "영화 '탑건: 매버릭'을 보셨나요?", "정말 재밌어요."]
+    assert split_sentences("지구는 둥글어요.[5] 달도 둥글어요.") == ["지구는 둥글어요.", "달도 둥글어요."]
+
+
+def test_inline_list_numbers_start_their_item():
+    assert split_sentences("방법은 두 가지예요. 1. 물을 끓여요 2. 면을 넣어요") == [
+        "방법은 두 가지예요.", "1. 물을 끓여요", "2. 면을 넣어요"]
+
+
+def test_an_emoji_ends_a_sentence():
+    assert split_sentences("오늘 날씨가 정말 좋아요😊 산책을 가 볼까요?") == ["오늘 날씨가 정말 좋아요", "산책을 가 볼까요?"]
+
+
+def test_a_quoted_question_inside_a_sentence_does_not_split():
+    for text in ("\"왜요?\" 하고 물었어요.", "누가 \"뭐지?? 하고\" 생각했어요.", "정말 그럴까? 라는 생각이 들었어요.",
+                 "다시 해 볼까? 싶었는데 늦었어요.", "이게 뭐예요?? 하고 웃었어요."):
+        assert len(split_sentences(text)) == 1, text
+
+
+def test_a_sentence_is_released_within_one_character_of_its_end():
+    """Latency: counted in non-space characters after the end (p95 over a realistic answer)."""
+    answer = ("서울은 지금 맑아요. 기온은 25.5도예요. 저녁에는 비가 올 수 있어요. 우산을 챙기세요! 내일은 어떨까요? "
+              "내일도 맑대요. 미세먼지는 보통이에요. 좋은 하루 보내세요.")
+    s = SentenceSplitter()
+    waits = []
+    for i, c in enumerate(answer):
+        for sentence in s.feed(c):
+            end = answer.index(sentence) + len(sentence)
+            waits.append(len(answer[end:i + 1].replace(" ", "")))
+    assert len(waits) >= 6
+    waits.sort()
+    assert waits[int(0.95 * (len(waits) - 1))] <= 1
