@@ -220,7 +220,7 @@ def test_a_newer_question_mid_answer_stops_the_older_one(chat):
 
     def newer_question_arrives() -> int:  # while the first answer streams, the person asks again
         if len(chat.deps.model.seen) == 4:  # after the first sentence went out
-            history.set_latest_request("pi-1", new_request_id())
+            history.take_request("pi-1", new_request_id())
         return probe()
 
     chat.deps.model.probe = newer_question_arrives

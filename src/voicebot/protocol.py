@@ -72,22 +72,45 @@ def new_request_id() -> str:
 
 
 _UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+#: How far ahead of this clock a request id's time may be and still count as a time (clocks of devices drift; an id
+#: an hour ahead is a broken clock or a forgery, and must not make every later request look older).
+CLOCK_SKEW_MS = 5 * 60_000
+
+
+def request_id_time(request_id: str) -> int | None:
+    """The creation time (epoch ms) inside a UUIDv7 request id, or None for any other id."""
+    if not _UUID7.match(request_id):
+        return None
+    return int(request_id[:8] + request_id[9:13], 16)
+
+
+def first_id_after(ms: int) -> str:
+    """The UUIDv7 string every id made after ``ms`` sorts above (for range conditions in a store)."""
+    h = f"{ms + 1:012x}"
+    return f"{h[:8]}-{h[8:]}-7000-8000-000000000000"
+
+
+def carries_time(request_id: str, *, now: int | None = None) -> bool:
+    """A UUIDv7 id whose time is not implausibly far in the future: only such ids are ordered by time."""
+    ms = request_id_time(request_id)
+    return ms is not None and ms <= (now_ms() if now is None else now) + CLOCK_SKEW_MS
 
 
 def known_newer(request_id: str, than: str) -> bool:
-    """True only when both ids carry their time (UUIDv7) and ``request_id`` is the later one."""
-    return bool(_UUID7.match(request_id) and _UUID7.match(than)) and request_id > than
+    """True only when both ids carry a sane time (UUIDv7, not from the future) and ``request_id`` is the later one."""
+    return carries_time(request_id) and carries_time(than) and request_id > than
 
 
 def is_newer(request_id: str, than: str | None) -> bool:
     """Whether ``request_id`` supersedes ``than``.
 
     UUIDv7 ids (what the interpreter makes) compare by the time inside them, so a late message of an older request
-    can never cut off a newer one. Any other id (typed in a console, say) counts as newer when it arrives.
+    can never cut off a newer one. Any other id (typed in a console, say), and an id from the future (see
+    ``CLOCK_SKEW_MS``), counts as newer when it arrives and is superseded by whatever comes next.
     """
     if than is None or request_id == than:
         return request_id != than
-    if _UUID7.match(request_id) and _UUID7.match(than):
+    if carries_time(request_id) and carries_time(than):
         return request_id > than
     return True
 

@@ -175,7 +175,12 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     return word in ABBREVIATIONS
 
 
-_EMOJI_CHAR = re.compile(_EMOJI.pattern.rstrip("+"))
+def _is_emoji(c: str) -> bool:
+    """One character of ``_EMOJI`` (by code point ranges: this runs for every character of every answer)."""
+    o = ord(c)
+    return 0x1F000 <= o <= 0x1FAFF or 0x2600 <= o <= 0x27BF or 0x2B00 <= o <= 0x2BFF or c in "\ufe0f\u200d\u20e3"
+
+
 #: After "?" or "!", words that continue the sentence around a quoted question: "그래요? 라고 물었다".
 _QUOTED_QUESTION_GOES_ON = re.compile(r"^(?:이?라(?:고|는|며|면서|던|니)|하(?:고|는|며|면서|던|니|셨|시)|했|할|싶"
                                       r"|냐고|느냐고|는지|란|고$|며$)")
@@ -226,9 +231,12 @@ def _find_boundary(text: str, *, final: bool) -> int | None:
     stack: list[tuple[str, int]] = []  # (expected closer, where it opened) of open brackets and quotes
     n = len(text)
     i = 0
+    spoken = 0  # letters and digits before i
     while i < n:
         c = text[i]
-        if c == "\n":
+        if c.isalnum():
+            spoken += 1
+        elif c == "\n":
             if text[:i].strip():
                 k = _next_non_space(text, i)
                 if k < n or final:
@@ -244,19 +252,20 @@ def _find_boundary(text: str, *, final: bool) -> int | None:
         elif c in CLOSERS:
             if stack and stack[-1][0] == c:
                 stack.pop()
-        elif c.isspace() and spoken_length(text[:i]) and _INLINE_LIST_NUMBER.match(text, i):
-            return i + 1  # "1. 물을 끓여요 2. 면을 넣어요": item 2 starts a sentence
-        elif c.isspace() and i + 4 > n and not final and spoken_length(text[:i]) \
-                and re.fullmatch(r"\s(?:[2-9]|1\d?|20?)\.?", text[i:]):
-            return None  # an inline list number may be arriving
-        elif c in TERMINATORS or (_EMOJI_CHAR.match(c) and i > 0 and text[i - 1].isalnum()):
+        elif c.isspace():
+            if spoken and (i + 1 == n or text[i + 1].isdigit()):
+                if _INLINE_LIST_NUMBER.match(text, i):
+                    return i + 1  # "1. 물을 끓여요 2. 면을 넣어요": item 2 starts a sentence
+                if i + 4 > n and not final and re.fullmatch(r"\s(?:[2-9]|1\d?|20?)\.?", text[i:]):
+                    return None  # an inline list number may be arriving
+        elif c in TERMINATORS or (_is_emoji(c) and i > 0 and text[i - 1].isalnum()):
             hangul_end = i > 0 and _is_hangul(text[i - 1])
             if stack and not (hangul_end and i - stack[0][1] > QUOTE_HOLD):
                 i += 1
                 continue  # inside a quote or bracket
             run = TERMINATORS if c in TERMINATORS else None
             j = i
-            while j + 1 < n and (text[j + 1] in TERMINATORS if run else bool(_EMOJI_CHAR.match(text[j + 1]))):
+            while j + 1 < n and (text[j + 1] in TERMINATORS if run else _is_emoji(text[j + 1])):
                 j += 1
             end = _mark_end(text, j + 1, final=final)
             if end is None:

@@ -30,10 +30,9 @@ from voicebot.protocol import (
     ProtocolError,
     Topics,
     decode,
-    known_newer,
     now_ms,
 )
-from voicebot.sentences import SentenceSplitter
+from voicebot.sentences import SentenceSplitter, spoken_length
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +93,22 @@ def build_messages(system_prompt: str, history: list[Turn], question: str) -> li
     return PROMPT.format_messages(system=system_prompt, history=past, question=question)
 
 
+class PublishError(RuntimeError):
+    """An answer message could not be published (the broker or IoT Core is unreachable right now)."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the failure, never empty (a timeout's message often is)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class AnswerStream:
-    """Publishes answer sentences for one request with ``seq`` 0..n; the final one carries ``last``."""
+    """Publishes answer sentences for one request with ``seq`` 0..n; the final one carries ``last``.
+
+    A sentence with nothing to say (punctuation only) is not sent; a failed publish raises ``PublishError`` and
+    leaves ``seq`` where it was, so a retry takes the same number and the device sees no gap.
+    """
 
     def __init__(self, publisher: Publisher, topics: Topics, request_id: str) -> None:
         self.publisher = publisher
@@ -106,11 +119,18 @@ class AnswerStream:
         self.closed = False
 
     def send(self, sentence: str, *, last: bool = False) -> None:
+        if not spoken_length(sentence):
+            if not last:
+                return
+            sentence = ""
         pieces = textwrap.wrap(sentence, MAX_SENTENCE_CHARS) or [""]
         for i, piece in enumerate(pieces):
             is_last = last and i == len(pieces) - 1
-            send(self.publisher, self.topics.answer,
-                 AnswerMessage(request_id=self.request_id, seq=self.seq, text=piece, last=is_last))
+            try:
+                send(self.publisher, self.topics.answer,
+                     AnswerMessage(request_id=self.request_id, seq=self.seq, text=piece, last=is_last))
+            except Exception as exc:
+                raise PublishError(f"could not publish answer seq {self.seq}: {describe(exc)}") from exc
             self.seq += 1
             if piece:
                 self.sentences.append(piece)
@@ -122,10 +142,29 @@ class AnswerStream:
             self.send("", last=True)
 
 
-def arrived_late(deps: ChatDeps, thing: str, request_id: str) -> bool:
-    """A newer question from this device was already taken (AWS delivers rule events in any order)."""
-    latest = deps.history.latest_request(thing)
-    return bool(latest) and known_newer(latest, request_id)
+def apologise(deps: ChatDeps, out: AnswerStream, *, detail: str, until: float) -> None:
+    """Report the failure and say sorry. While the publisher is down, keep trying until ``until`` (the turn's end on
+    the monotonic clock): the device hears the apology as soon as the broker is reachable again."""
+    reported = False
+    delay = 0.25
+    while True:
+        reported = reported or send_error(deps.publisher, out.topics, source="chat", request_id=out.request_id,
+                                          detail=detail)
+        if not out.closed:
+            try:
+                out.send(APOLOGY, last=True)
+            except PublishError as exc:
+                if delay == 0.25:
+                    log.warning("chat: the apology for %s cannot be published yet (%s); retrying", out.request_id, exc)
+        if reported and out.closed:
+            return
+        left = until - time.monotonic()
+        if left <= 0:
+            log.error("chat: the turn of %s ended before %s could be published", out.request_id,
+                      "the error event" if out.closed else "the apology")
+            return
+        time.sleep(min(delay, left))  # a backoff between attempts at a publisher that is down
+        delay = min(delay * 2, 2.0)
 
 
 def superseded(deps: ChatDeps, thing: str, request_id: str) -> bool:
@@ -182,10 +221,14 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
         out.send(TOO_LONG, last=True)
         return ChatOutcome(thing, message.request_id, out.sentences, "question too long")
 
-    if arrived_late(deps, thing, message.request_id):
+    # At-least-once delivery and concurrent handlers: one atomic write decides whether this request is answered.
+    taken = deps.history.take_request(thing, message.request_id)
+    if taken == "duplicate":
+        log.info("chat: %s from %s was delivered again; answered once already", message.request_id, thing)
+        return ChatOutcome(thing, message.request_id, [], "duplicate")
+    if taken == "older":  # AWS delivers rule events in any order
         log.info("chat: %s from %s arrived after a newer request; not answered", message.request_id, thing)
         return ChatOutcome(thing, message.request_id, [], "superseded")
-    deps.history.set_latest_request(thing, message.request_id)
 
     history = deps.history.recent(thing, settings.history_turns)
     messages = build_messages(settings.system_prompt, history, question)
@@ -211,11 +254,13 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
         if not out.sentences:
             raise RuntimeError("model returned no speakable text")
         out.close()
-    except Exception as exc:  # any model failure: report it, then apologise so the device still says something
-        log.error("chat: model failed for %s/%s: %s", thing, message.request_id, exc)
-        send_error(deps.publisher, topics, source="chat", request_id=message.request_id, detail=f"model failed: {exc}")
-        out.send(APOLOGY, last=True)
-        return ChatOutcome(thing, message.request_id, out.sentences, str(exc))
+    except Exception as exc:  # any failure: report it, then apologise so the device still says something
+        what = "publishing failed" if isinstance(exc, PublishError) else "model failed"
+        log.error("chat: %s for %s/%s: %s", what, thing, message.request_id, describe(exc))
+        if not out.closed:  # (an answer that went out whole needs no apology)
+            apologise(deps, out, detail=f"{what}: {describe(exc)}",
+                      until=deadline + max(0.0, settings.reserve_s - 5.0))
+        return ChatOutcome(thing, message.request_id, out.sentences, describe(exc))
 
     deps.history.append(thing, Turn(message.request_id, question, " ".join(out.sentences), now_ms()))
     return ChatOutcome(thing, message.request_id, out.sentences)

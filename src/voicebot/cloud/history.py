@@ -7,7 +7,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+
+from voicebot.protocol import CLOCK_SKEW_MS, carries_time, first_id_after, now_ms
+
+Taken = Literal["taken", "duplicate", "older"]
 
 
 @dataclass(frozen=True)
@@ -27,9 +31,11 @@ class HistoryStore(Protocol):
     def append(self, thing: str, turn: Turn) -> None: ...
 
     def latest_request(self, thing: str) -> str | None:
-        """The newest request this device has asked (a newer one supersedes everything older)."""
+        """The newest request this device has asked (a newer one supersedes everything older). A consistent read."""
 
-    def set_latest_request(self, thing: str, request_id: str) -> None: ...
+    def take_request(self, thing: str, request_id: str) -> Taken:
+        """Make ``request_id`` the device's latest request, atomically, unless it is not newer (``is_newer``):
+        "taken"; "duplicate" when it already is the latest (a second delivery); "older" when a newer one is."""
 
 
 LATEST = "#latest"  # sorts before every "<epoch ms>#<requestId>" turn key
@@ -54,7 +60,11 @@ class SqliteHistory:
             "CREATE TABLE IF NOT EXISTS turns (thing TEXT NOT NULL, turn TEXT NOT NULL, request_id TEXT NOT NULL,"
             " question TEXT NOT NULL, answer TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (thing, turn))"
         )
-        self._db.execute("CREATE TABLE IF NOT EXISTS latest (thing TEXT PRIMARY KEY, request_id TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS latest (thing TEXT PRIMARY KEY, request_id TEXT NOT NULL,"
+                         " timed INTEGER NOT NULL DEFAULT 1)")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(latest)")}
+        if "timed" not in columns:  # a history file of an earlier version
+            self._db.execute("ALTER TABLE latest ADD COLUMN timed INTEGER NOT NULL DEFAULT 1")
         self._db.commit()
 
     def recent(self, thing: str, limit: int) -> list[Turn]:
@@ -83,10 +93,24 @@ class SqliteHistory:
             row = self._db.execute("SELECT request_id FROM latest WHERE thing = ?", (thing,)).fetchone()
         return row[0] if row else None
 
-    def set_latest_request(self, thing: str, request_id: str) -> None:
+    def take_request(self, thing: str, request_id: str) -> Taken:
+        timed = carries_time(request_id)
+        # One statement decides and writes (no check-then-set): a timed id replaces an untimed one, an older one, or
+        # one from the future; any other id replaces whatever is not itself.
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO latest VALUES (?, ?)", (thing, request_id))
+            cursor = self._db.execute(
+                "INSERT INTO latest (thing, request_id, timed) VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE"
+                " SET request_id = excluded.request_id, timed = excluded.timed"
+                " WHERE CASE WHEN excluded.timed"
+                "  THEN latest.timed = 0 OR latest.request_id < excluded.request_id OR latest.request_id > ?"
+                "  ELSE latest.request_id <> excluded.request_id END",
+                (thing, request_id, int(timed), first_id_after(now_ms() + CLOCK_SKEW_MS)),
+            )
             self._db.commit()
+            if cursor.rowcount == 1:
+                return "taken"
+            row = self._db.execute("SELECT request_id FROM latest WHERE thing = ?", (thing,)).fetchone()
+        return "duplicate" if row and row[0] == request_id else "older"
 
     def close(self) -> None:
         with self._lock:
@@ -115,12 +139,29 @@ class DynamoHistory:
         return [Turn(str(i["request_id"]), str(i["question"]), str(i["answer"]), int(i["ts"])) for i in reversed(items)]
 
     def latest_request(self, thing: str) -> str | None:
-        item = self.table.get_item(Key={"thing": thing, "turn": LATEST}, ProjectionExpression="request_id").get("Item")
+        item = self.table.get_item(Key={"thing": thing, "turn": LATEST}, ProjectionExpression="request_id",
+                                   ConsistentRead=True).get("Item")
         return str(item["request_id"]) if item else None
 
-    def set_latest_request(self, thing: str, request_id: str) -> None:
-        self.table.put_item(Item={"thing": thing, "turn": LATEST, "request_id": request_id,
-                                  "expires_at": int(time.time()) + self.keep_days * 86_400})
+    def take_request(self, thing: str, request_id: str) -> Taken:
+        from botocore.exceptions import ClientError
+
+        timed = carries_time(request_id)
+        item = {"thing": thing, "turn": LATEST, "request_id": request_id, "timed": timed,
+                "expires_at": int(time.time()) + self.keep_days * 86_400}
+        if timed:  # the same rule as SqliteHistory.take_request, as a condition DynamoDB checks on the write
+            condition = "attribute_not_exists(request_id) OR timed = :untimed OR request_id < :id OR request_id > :future"
+            values: dict[str, Any] = {":untimed": False, ":id": request_id,
+                                      ":future": first_id_after(now_ms() + CLOCK_SKEW_MS)}
+        else:
+            condition, values = "attribute_not_exists(request_id) OR request_id <> :id", {":id": request_id}
+        try:
+            self.table.put_item(Item=item, ConditionExpression=condition, ExpressionAttributeValues=values)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            return "duplicate" if self.latest_request(thing) == request_id else "older"
+        return "taken"
 
     def append(self, thing: str, turn: Turn) -> None:
         self.table.put_item(Item={

@@ -42,11 +42,15 @@ def send(publisher: Publisher, topic: str, message: Message, qos: int = QOS_AT_L
 def send_error(
     publisher: Publisher, topics: Topics, *, source: str, detail: str, request_id: str | None = None,
     seq: int | None = None, last: bool | None = None,
-) -> None:
-    """Tell whoever watches the device that something went wrong. Never raises: an error report must not fail twice."""
+) -> bool:
+    """Tell whoever watches the device that something went wrong. Never raises (an error report must not fail
+    twice); False when it could not be published."""
     try:
         send(publisher, topics.event, EventMessage(
             source=source, type="error", request_id=request_id, seq=seq, last=last, detail=detail[:500],
         ))
     except Exception as exc:
-        log.error("could not publish error event (%s) to %s: %s", detail, topics.event, exc)
+        log.error("could not publish error event (%s) to %s: %s", detail[:200], topics.event,
+                  str(exc) or type(exc).__name__)
+        return False
+    return True
