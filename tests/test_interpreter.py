@@ -234,12 +234,12 @@ def test_half_duplex_no_transcript_while_speaking_then_after_idle_and_tail(conne
         await player_says("speaking")
         source.push(utterance)
         await asyncio.wait_for(source.idle.wait(), 30)
-        assert interpreter.published == []  # heard nothing while the device spoke
+        assert not interpreter.published  # heard nothing while the device spoke
 
         await player_says("idle")
         source.push(utterance)  # still inside the 0.4 s tail: the room may still ring
         await asyncio.wait_for(source.idle.wait(), 30)
-        assert interpreter.published == []
+        assert not interpreter.published
 
         now[0] += 0.5  # the tail has passed
         source.push(utterance)
@@ -292,7 +292,7 @@ def test_stop_word_while_speaking_cancels_the_answer(connect, topics):
         await interpreter.drain()
         stop.set()
         await task
-        assert interpreter.published == []  # the stop word is not a question
+        assert not interpreter.published  # the stop word is not a question
 
     asyncio.run(main())
     messages = [json.loads(p) for p in control.wait_for(lambda ms: len(ms) >= 1, 10) and control.on(topics.control)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicebot.edge.player import Finished, Interrupted, Play, PlaybackQueue, Skip
+from voicebot.edge.playback import Finished, Interrupted, Play, PlaybackQueue, Skip
 from voicebot.protocol import AudioMessage, split_audio
 
 

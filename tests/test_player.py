@@ -32,7 +32,8 @@ def run_player(connect, topics, tmp_path, script, *, gap_timeout_s: float = 3.0)
     cloud = connect("cloud")
 
     def publish(topic: str, message) -> None:
-        cloud.publish(topic, encode(message), QOS_AT_LEAST_ONCE).result(5)
+        payload = message if isinstance(message, bytes) else encode(message)  # bytes: a raw (maybe hostile) payload
+        cloud.publish(topic, payload, QOS_AT_LEAST_ONCE).result(5)
 
     sink = WavSink(tmp_path / "played.wav")
 

@@ -15,6 +15,8 @@ from datetime import datetime
 
 from voicebot.protocol import ProtocolError, parse_json, parse_topic
 
+#: Requests the monitor times at once (a busy fleet has a few; the rest are long over).
+MAX_OPEN_TURNS = 256
 
 def short(request_id: object) -> str:
     return str(request_id)[-8:] if request_id else "-"
@@ -58,6 +60,8 @@ class MonitorFormatter:
             out.append(f"{head} {message.get('state', '?'):<10} \u201c{message.get('text', '')}\u201d")
             if message.get("state") == "completed" and rid:
                 self.turns[rid] = _Turn(now)
+                while len(self.turns) > MAX_OPEN_TURNS:  # turns that never end (no "played") must not pile up
+                    self.turns.pop(next(iter(self.turns)))
         elif kind == "answer":
             tail = " (last)" if message.get("last") else ""
             out.append(f"{head} seq {message.get('seq')}{tail}  {message.get('text', '')}")

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 VERSION = 1
@@ -29,6 +29,12 @@ MAX_MESSAGE_BYTES = 100_000
 MAX_TRANSCRIPT_CHARS = 2_000
 #: Longest single answer sentence.
 MAX_SENTENCE_CHARS = 1_000
+#: Highest sentence number of one answer, and most parts of one sentence's audio: a hostile "seq=100000, last"
+#: must not make a device skip a hundred thousand sentences, nor "parts=10**9" hold parts forever.
+MAX_SEQ = 999
+MAX_PARTS = 100
+#: Longest ``detail`` of an event: an error about a bad value quotes at most this much of it.
+MAX_DETAIL_CHARS = 500
 
 QOS_AT_MOST_ONCE = 0
 QOS_AT_LEAST_ONCE = 1
@@ -255,7 +261,7 @@ class AnswerMessage(Message):
     """``R/T/answer``: one sentence of the assistant's answer. An empty ``text`` is allowed only on the closing ``last``."""
 
     request_id: RequestId
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_SEQ)
     text: str = Field(max_length=MAX_SENTENCE_CHARS)
     last: bool = False
 
@@ -273,10 +279,10 @@ class AudioMessage(Message):
     """``R/T/audio``: one part of one sentence's audio. Parts joined in ``part`` order are the sentence's whole audio."""
 
     request_id: RequestId
-    seq: int = Field(ge=0)
+    seq: int = Field(ge=0, le=MAX_SEQ)
     last: bool = False
     part: int = Field(default=0, ge=0)
-    parts: int = Field(default=1, ge=1)
+    parts: int = Field(default=1, ge=1, le=MAX_PARTS)
     format: AudioFormat
     sample_rate: int = Field(ge=8_000, le=48_000)
     text: str = Field(default="", max_length=MAX_SENTENCE_CHARS)
@@ -304,12 +310,20 @@ EventType = Literal[
 class EventMessage(Message):
     """``R/T/event``: something a person watching the device would want to know."""
 
-    source: str
+    source: str = Field(max_length=32)
     type: EventType
-    request_id: str | None = None
-    seq: int | None = None
+    request_id: RequestId | None = None
+    seq: int | None = Field(default=None, ge=0, le=MAX_SEQ)
     last: bool | None = None
     detail: str | None = None
+
+    @field_validator("detail", mode="before")
+    @classmethod
+    def _short_detail(cls, value: Any) -> Any:
+        """Cut, never refuse: an error report about a huge bad value must still fit in one message."""
+        if isinstance(value, str) and len(value) > MAX_DETAIL_CHARS:
+            return value[: MAX_DETAIL_CHARS - 1] + "…"
+        return value
 
 
 class PlayerStateMessage(Message):
@@ -386,6 +400,8 @@ def parse_json(payload: bytes | str | dict[str, Any], *, limit: int = MAX_MESSAG
         obj = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError("", f"payload is not UTF-8 JSON ({exc})") from exc
+    except RecursionError:  # "[[[[...]]]]" a few kB deep
+        raise ProtocolError("", "payload is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("", f"payload is a JSON {type(obj).__name__}, not an object")
     return obj

@@ -27,18 +27,37 @@ class AudioError(RuntimeError):
     pass
 
 
+#: What a sentence's audio may claim about itself: a header saying 1 Hz would make seconds of data last hours (and
+#: a resampler allocate gigabytes); 8 channels of a spoken sentence is a forgery.
+MIN_RATE, MAX_RATE = 8_000, 48_000
+MAX_CHANNELS = 2
+MAX_SENTENCE_S = 120.0
+
+
 def decode_sentence(sentence: SentenceAudio) -> tuple[np.ndarray, int]:
-    """A sentence's audio as int16 mono samples and their rate (OGG Vorbis, WAV or raw 16-bit PCM)."""
+    """A sentence's audio as int16 mono samples and their rate (OGG Vorbis, WAV or raw 16-bit PCM).
+
+    The container's own header is checked before anything is decoded: rate 8-48 kHz, at most 2 channels, at most
+    two minutes."""
     if not sentence.data:
         return np.zeros(0, dtype=np.int16), sentence.sample_rate
     if sentence.format == "pcm_s16le":
         even = sentence.data[: len(sentence.data) // 2 * 2]
+        if len(even) / 2 / sentence.sample_rate > MAX_SENTENCE_S:
+            raise AudioError(f"seq {sentence.seq} is over {MAX_SENTENCE_S:.0f} s of audio")
         return np.frombuffer(even, dtype="<i2").astype(np.int16), sentence.sample_rate
     import soundfile as sf
 
     try:
+        info = sf.info(io.BytesIO(sentence.data))
+        if not MIN_RATE <= info.samplerate <= MAX_RATE or not 1 <= info.channels <= MAX_CHANNELS \
+                or info.frames / info.samplerate > MAX_SENTENCE_S:
+            raise AudioError(f"{sentence.format} audio of seq {sentence.seq} claims {info.samplerate} Hz, "
+                             f"{info.channels} channels, {info.frames} frames: refused")
         samples, rate = sf.read(io.BytesIO(sentence.data), dtype="int16", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as exc:
+        if isinstance(exc, AudioError):
+            raise
         raise AudioError(f"cannot decode {sentence.format} audio of seq {sentence.seq}: {exc}") from exc
     mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1).astype(np.int16)
     return mono, int(rate)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -80,7 +81,7 @@ class Interpreter:
         self.frames_seen = 0
         self.stt_bytes = 0  # audio that reached the recognizer (the VAD keeps silence away from it)
         self.utterances = 0
-        self.published: list[TranscriptMessage] = []
+        self.published: deque[TranscriptMessage] = deque(maxlen=1000)  # the latest (bounded: runs for months)
         self.state_changed = asyncio.Event()
         self._utterance: _Utterance | None = None
         self._stop_vad = VadGate(self.settings.vad)

@@ -1,11 +1,8 @@
 """voice-player: plays answer sentences strictly in order, the first one long before the answer is finished.
 
-``PlaybackQueue`` is pure (no I/O, time passed in): it decides what to play next. ``Player`` is the small asyncio loop
-around it that receives audio, drives a sink, and reports what happened.
-
-Rules: strict ``seq`` order per request; duplicates ignored; parts reassembled; a newer ``requestId`` stops the current
-request and drops the rest of it; a missing ``seq`` is skipped after the gap timeout (or at once when the speech side
-reports it failed); ``last`` ends the request.
+``Player`` is the small asyncio loop around ``PlaybackQueue`` (edge/playback.py, which decides what to play next): it
+receives audio, drives a sink, and reports what happened. One bad message never stops it: whatever a message
+does wrong is logged once and the loop goes on.
 """
 
 from __future__ import annotations
@@ -16,15 +13,15 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
+from voicebot.edge.playback import Action, Finished, Interrupted, Play, PlaybackQueue, Skip
 from voicebot.edge.transport import Outbox, Transport, handoff_to_loop
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
     QOS_AT_MOST_ONCE,
-    AudioAssembler,
     AudioMessage,
     CommandMessage,
     ControlMessage,
@@ -36,178 +33,9 @@ from voicebot.protocol import (
     Topics,
     decode,
     encode,
-    is_newer,
 )
 
 log = logging.getLogger(__name__)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# What the queue tells the loop to do
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Play:
-    sentence: SentenceAudio
-
-
-@dataclass(frozen=True)
-class Skip:
-    request_id: str
-    seq: int
-    reason: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    request_id: str
-    reason: str = "last"
-
-
-@dataclass(frozen=True)
-class Interrupted:
-    request_id: str
-    reason: str
-
-
-Action = Play | Skip | Finished | Interrupted
-
-
-@dataclass
-class _Request:
-    request_id: str
-    waiting_since: float
-    next_seq: int = 0
-    ready: dict[int, SentenceAudio] = field(default_factory=dict)
-    failed: set[int] = field(default_factory=set)
-    last_seq: int | None = None
-    playing: bool = False
-
-
-class PlaybackQueue:
-    """Decides what to play next. Pure: every method takes the current time and returns actions."""
-
-    def __init__(self, *, gap_timeout_s: float = 3.0, remember: int = 256) -> None:
-        self.gap_timeout_s = gap_timeout_s
-        self._assembler = AudioAssembler()
-        self._current: _Request | None = None
-        self._newest: str | None = None  # newest request id seen (active or retired)
-        self._retired: deque[str] = deque(maxlen=remember)
-
-    @property
-    def active_request(self) -> str | None:
-        return self._current.request_id if self._current else None
-
-    @property
-    def playing(self) -> bool:
-        return bool(self._current and self._current.playing)
-
-    def _is_stale(self, request_id: str) -> bool:
-        return request_id in self._retired or (request_id != self._newest and not is_newer(request_id, self._newest))
-
-    def _retire(self, request: _Request) -> None:
-        self._retired.append(request.request_id)
-        self._assembler.forget([request.request_id])
-        if self._current is request:
-            self._current = None
-
-    def _switch_to(self, request_id: str, now: float) -> list[Action]:
-        """Make ``request_id`` current if it is new and newer. Returns Interrupted for the one it supersedes."""
-        actions: list[Action] = []
-        if self._current and self._current.request_id == request_id:
-            return actions
-        if self._current:
-            actions.append(Interrupted(self._current.request_id, "superseded"))
-            self._retire(self._current)
-        self._newest = request_id
-        self._current = _Request(request_id, waiting_since=now)
-        return actions
-
-    def add(self, message: AudioMessage, now: float) -> list[Action]:
-        """A received audio part. May interrupt the current request (a newer one started)."""
-        if self._is_stale(message.request_id):
-            return []
-        actions = self._switch_to(message.request_id, now)
-        request = self._current
-        assert request is not None
-        if message.last:
-            request.last_seq = message.seq
-        try:
-            sentence = self._assembler.add(message)
-        except ProtocolError as exc:
-            log.warning("player: %s; part dropped", exc)
-            return actions
-        if sentence is not None and sentence.seq >= request.next_seq and sentence.seq not in request.ready:
-            request.ready[sentence.seq] = sentence
-        return actions
-
-    def fail(self, request_id: str, seq: int, last: bool | None, now: float) -> list[Action]:
-        """The speech side could not synthesize ``seq``: skip it as soon as it is its turn."""
-        if self._is_stale(request_id):
-            return []
-        actions = self._switch_to(request_id, now)
-        assert self._current is not None
-        self._current.failed.add(seq)
-        if last:
-            self._current.last_seq = seq
-        return actions
-
-    def cancel(self, request_id: str | None, now: float) -> list[Action]:
-        """Stop the current request (the stop word or a console command). A named future request is refused too."""
-        current = self._current
-        if current and (request_id is None or request_id == current.request_id):
-            self._retire(current)
-            return [Interrupted(current.request_id, "cancelled")]
-        if request_id and not self._is_stale(request_id):
-            self._newest = request_id
-            self._retired.append(request_id)
-        return []
-
-    def playback_done(self, now: float) -> None:
-        if self._current:
-            self._current.playing = False
-            self._current.waiting_since = now
-
-    def next(self, now: float) -> list[Action]:
-        """Everything that can happen now, ending with at most one Play (the loop plays it, then calls playback_done)."""
-        actions: list[Action] = []
-        request = self._current
-        while request is not None and not request.playing:
-            seq = request.next_seq
-            if seq in request.ready:
-                request.playing = True
-                request.next_seq += 1
-                actions.append(Play(request.ready.pop(seq)))
-                break
-            if seq in request.failed:
-                actions.append(Skip(request.request_id, seq, "synthesis failed"))
-                request.next_seq += 1
-                continue
-            if request.last_seq is not None and seq > request.last_seq:
-                actions.append(Finished(request.request_id))
-                self._retire(request)
-                break
-            if now < request.waiting_since + self.gap_timeout_s:  # same sum as wake_at(), so no float drift
-                break  # wait for the missing seq
-            # Gap timeout: skip every missing seq up to the next one we have (or the end).
-            upto = min(request.ready) if request.ready else request.last_seq
-            if upto is None:
-                actions.append(Skip(request.request_id, seq, "no more audio arrived"))
-                actions.append(Finished(request.request_id, "gave up waiting"))
-                self._retire(request)
-                break
-            for missing in range(seq, upto if request.ready else upto + 1):
-                actions.append(Skip(request.request_id, missing, "gap timeout"))
-            request.next_seq = upto if request.ready else upto + 1
-        return actions
-
-    def wake_at(self) -> float | None:
-        """When the loop must call ``next`` again even if nothing arrives (a gap timeout expires)."""
-        request = self._current
-        if request is None or request.playing or request.next_seq in request.ready:
-            return None
-        return request.waiting_since + self.gap_timeout_s
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -239,8 +67,9 @@ class Player:
         self.on_event = on_event
         self.state = ""  # unknown until the first state is published
         self.ready = asyncio.Event()
-        self.events: list[EventMessage] = []
-        self.timeline: list[tuple[float, EventMessage]] = []  # (clock, event): what the benchmark measures
+        # The latest events, for tests and the benchmark; bounded: a device runs for months.
+        self.events: deque[EventMessage] = deque(maxlen=1000)
+        self.timeline: deque[tuple[float, EventMessage]] = deque(maxlen=1000)  # (clock, event)
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.outbox = Outbox(transport, "player")
         self._playing: asyncio.Task[None] | None = None
@@ -304,9 +133,11 @@ class Player:
             elif topic == self.topics.command:
                 self._on_command(decode(CommandMessage, payload), now)
         except ProtocolError as exc:
-            log.warning("player: bad message on %s: %s", topic, exc)
+            log.warning("player: bad message on %s: %s", topic, str(exc)[:300])
             if topic != self.topics.event:  # never answer a bad event with an event (no loops)
                 self._emit("error", detail=f"bad message on {topic.rsplit('/', 1)[-1]}: {exc}")
+        except Exception as exc:  # whatever one message does wrong, the player goes on with the next
+            log.error("player: message on %s could not be handled: %s: %s", topic, type(exc).__name__, str(exc)[:300])
 
     def _on_command(self, command: CommandMessage, now: float) -> None:
         if command.action == "cancel":
@@ -318,8 +149,12 @@ class Player:
     # -- queue actions -----------------------------------------------------------------------------------------------
 
     def _step(self) -> None:
-        if self._playing is None:
-            self._apply(self.queue.next(self.clock()))
+        # Again after a sentence that could not even start (undecodable): the next one may be waiting already.
+        while self._playing is None:
+            actions = self.queue.next(self.clock())
+            self._apply(actions)
+            if not any(isinstance(a, Play) for a in actions):
+                return
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -334,7 +169,7 @@ class Player:
                            detail=action.reason)
             elif isinstance(action, Finished):
                 self._emit("played", action.request_id, last=True, detail=action.reason)
-        self._set_state("speaking" if self.queue.active_request else "idle", self.queue.active_request)
+        self._set_state("speaking" if self.queue.speaking else "idle", self.queue.active_request)
 
     def _start_playing(self, sentence: SentenceAudio) -> None:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,8 @@ class LocalCloud:
     topic_root: str = "voicebot"
     template: Path | None = None
     chat_settings: ChatSettings | None = None
-    outcomes: list[Any] = field(default_factory=list)
+    outcomes: deque[Any] = field(default_factory=lambda: deque(maxlen=1000))
+    """The latest chat outcomes (bounded)."""
     max_workers: int = 16
     """Concurrent handler invocations (Lambda scales out; the benchmark's fleet raises this)."""
     on_invoke: Callable[[str, dict[str, Any], float, float], None] | None = None

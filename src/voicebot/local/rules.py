@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -319,7 +320,8 @@ class RulesEngine:
     rules: list[TopicRule]
     handlers: Mapping[str, Handler]
     max_workers: int = 16
-    invocations: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    invocations: deque[tuple[str, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=1000))
+    """The latest invocations (bounded: the local stack may run for days)."""
     _pool: ThreadPoolExecutor = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _pending: set[Future[Any]] = field(default_factory=set)
