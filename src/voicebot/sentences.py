@@ -41,6 +41,7 @@ QUOTE_HOLD = 50
 # Markdown and symbols a TTS engine would read aloud. A link keeps its text; a "(...)" that is not a URL is text.
 _MD_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|www\.|mailto:|/|#)[^)\s]*\)")
 _CITATION = re.compile(r"\[\d{1,3}\]")
+_CITATION_MARK = re.compile(r"(?<=[^\s\[])\[\d{1,3}\]")  # glued to what it cites: "둥글어요.[5]", "지진[14]"
 _MD_HEADER = re.compile(r"^\s{0,3}#{1,6}\s*")
 _MD_BULLET = re.compile(r"^\s*(?:[-*+•·▪◦]|>)\s+")
 _MD_EMPHASIS = re.compile(r"(\*\*|__|\*|`+|~~)")
@@ -66,7 +67,7 @@ def clean_for_speech(text: str) -> str:
         lines.append(line)
     text = " ".join(lines)
     text = _MD_LINK.sub(r"\1", text)
-    text = _CITATION.sub("", text)
+    text = _CITATION_MARK.sub("", text)
     text = _MD_EMPHASIS.sub("", text)
     text = _EMOJI.sub("", text)
     text = _SPACES.sub(" ", text).strip()

@@ -48,6 +48,10 @@ class InterpreterSettings:
     """Partials are throttled to this rate; unchanged text is never re-sent."""
     echo_tail_s: float = 0.4
     """Keep the microphone muted this long after the player goes idle (room echo, speaker ring-down)."""
+    speaking_expiry_s: float = 6.0
+    """A "speaking" state not repeated for this long (the player sends it every 2 s) has expired: listen again."""
+    max_mute_s: float = 120.0
+    """Never stay muted longer than this in one go, whatever the player says (a player stuck in "speaking")."""
     stop_word_enabled: bool = False
     stop_word: str = "그만"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
@@ -76,6 +80,8 @@ class Interpreter:
         self.clock = clock
         self.vad = VadGate(self.settings.vad)
         self.speaking = False  # the player's state, from the device-local topic
+        self.speaking_since = 0.0
+        self.speaking_seen_at = 0.0
         self.player_request: str | None = None
         self.muted_until = 0.0
         self.frames_seen = 0
@@ -163,10 +169,15 @@ class Interpreter:
         except ProtocolError as exc:
             log.warning("interpreter: bad player state: %s", exc)
             return
+        now = self.clock()
+        if state.state == "speaking":
+            if not self.speaking:
+                self.speaking_since = now
+            self.speaking_seen_at = now
         self.speaking = state.state == "speaking"
         self.player_request = state.request_id if self.speaking else None
         if not self.speaking:
-            self.muted_until = self.clock() + self.settings.echo_tail_s
+            self.muted_until = now + self.settings.echo_tail_s
         self.state_changed.set()
 
     def summary(self) -> str:
@@ -175,7 +186,15 @@ class Interpreter:
                 f"heard went to speech recognition")
 
     def muted(self) -> bool:
-        return self.speaking or self.clock() < self.muted_until
+        now = self.clock()
+        if self.speaking:
+            silent = now - self.speaking_seen_at > self.settings.speaking_expiry_s
+            if silent or now - self.speaking_since > self.settings.max_mute_s:
+                log.warning("interpreter: %s; listening again", "the player stopped confirming that it speaks"
+                            if silent else f"muted for {self.settings.max_mute_s:.0f} s without a break")
+                self.speaking, self.player_request = False, None
+                self.state_changed.set()
+        return self.speaking or now < self.muted_until
 
     # -- audio -------------------------------------------------------------------------------------------------------
 

@@ -49,6 +49,9 @@ class PlayerSettings:
     """How long to wait for a missing sentence before skipping it."""
     volume: float = 1.0
     """0.0 to 1.0, applied to every sample."""
+    state_heartbeat_s: float = 2.0
+    """While speaking, the state is sent again this often: the interpreter unmutes when it stops hearing it (a lost
+    "idle" or a dead player must not leave the device deaf)."""
 
 
 class Player:
@@ -66,6 +69,7 @@ class Player:
         self.clock = clock
         self.on_event = on_event
         self.state = ""  # unknown until the first state is published
+        self._state_sent_at = float("-inf")
         self.ready = asyncio.Event()
         # The latest events, for tests and the benchmark; bounded: a device runs for months.
         self.events: deque[EventMessage] = deque(maxlen=1000)
@@ -96,8 +100,9 @@ class Player:
         try:
             while not stop.is_set():
                 self._step()
-                wake = self.queue.wake_at()
-                timeout = None if wake is None else max(0.0, wake - self.clock())
+                self._heartbeat()
+                wakes = [w for w in (self.queue.wake_at(), self._next_heartbeat()) if w is not None]
+                timeout = max(0.0, min(wakes) - self.clock()) if wakes else None
                 getter = asyncio.create_task(self._inbox.get())
                 waiters: set[asyncio.Future] = {getter, stopper}
                 if self._playing:
@@ -223,7 +228,20 @@ class Player:
     def _set_state(self, state: str, request_id: str | None) -> None:
         if state != self.state:
             self.state = state
-            self._send(self.topics.player_state, PlayerStateMessage(state=state, request_id=request_id), QOS_AT_MOST_ONCE)
+            self._send_state(request_id)
+
+    def _send_state(self, request_id: str | None) -> None:
+        self._state_sent_at = self.clock()
+        self._send(self.topics.player_state, PlayerStateMessage(state=self.state, request_id=request_id),
+                   QOS_AT_MOST_ONCE)
+
+    def _next_heartbeat(self) -> float | None:
+        return self._state_sent_at + self.settings.state_heartbeat_s if self.state == "speaking" else None
+
+    def _heartbeat(self) -> None:
+        due = self._next_heartbeat()
+        if due is not None and self.clock() >= due:
+            self._send_state(self.queue.active_request)
 
     def _send(self, topic: str, message: Message, qos: int) -> None:
         self.outbox.send(topic, encode(message), qos)
