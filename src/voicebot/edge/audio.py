@@ -6,9 +6,10 @@ Sinks play 16-bit mono PCM in small blocks so that a stop (a newer request, the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,6 +293,32 @@ class WavSource:
                     await asyncio.sleep(0)  # let the rest of the loop (publishes, partials) run
 
 
+class FrameRing:
+    """Blocks from the audio thread to the asyncio loop, at most ``size`` of them: when the loop falls behind, the
+    oldest blocks are dropped (and counted), the audio thread never blocks and nothing raises on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int = 200) -> None:
+        self.loop = loop
+        self.blocks: deque[bytes] = deque(maxlen=size)
+        self.dropped = 0
+        self.ready = asyncio.Event()
+
+    def push(self, block: bytes) -> None:
+        """From the audio thread."""
+        if len(self.blocks) == self.blocks.maxlen:
+            self.dropped += 1
+        self.blocks.append(block)  # deque appends and pops are atomic
+        self.loop.call_soon_threadsafe(self.ready.set)
+
+    async def get(self) -> bytes:
+        while not self.blocks:
+            self.ready.clear()
+            if self.blocks:  # pushed between the check and the clear
+                break
+            await self.ready.wait()
+        return self.blocks.popleft()
+
+
 class MicSource:
     """A microphone through PortAudio. ``device`` is a name fragment or an index; a wrong one lists the choices."""
 
@@ -306,8 +333,8 @@ class MicSource:
     async def frames(self) -> AsyncIterator[bytes]:
         import soxr
 
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=200)
+        ring = FrameRing(asyncio.get_running_loop())
+        reported, reported_at = 0, float("-inf")
         rate = SOURCE_RATE
         try:
             self._sd.check_input_settings(device=self.device, samplerate=SOURCE_RATE, channels=1, dtype="int16")
@@ -318,15 +345,17 @@ class MicSource:
         def callback(indata, frames, time_info, status) -> None:  # PortAudio thread: hand off only
             if status:
                 log.debug("microphone: %s", status)
-            with contextlib.suppress(asyncio.QueueFull):
-                loop.call_soon_threadsafe(queue.put_nowait, bytes(indata))
+            ring.push(bytes(indata))
 
         size = SOURCE_RATE * self.frame_ms // 1000 * 2
         pending = b""
         with self._sd.RawInputStream(samplerate=rate, channels=1, dtype="int16", device=self.device,
                                      blocksize=rate * self.frame_ms // 1000, callback=callback):
             while True:
-                block = await queue.get()
+                block = await ring.get()
+                if ring.dropped != reported and time.monotonic() - reported_at > 10:  # one line per 10 s at most
+                    log.warning("microphone: the loop fell behind; %d blocks dropped so far", ring.dropped)
+                    reported, reported_at = ring.dropped, time.monotonic()
                 if resampler is not None:
                     block = resampler.resample_chunk(np.frombuffer(block, dtype=np.int16)).tobytes()
                 pending += block

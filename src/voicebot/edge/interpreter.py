@@ -93,6 +93,8 @@ class Interpreter:
         self._stop_vad = VadGate(self.settings.vad)
         self._next_vad: VadGate | None = None
         self._stop_utterance: UtteranceTranscriber | None = None
+        self._finishing: set[asyncio.Task[None]] = set()  # utterances waiting for their final result
+        self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
         self.outbox = Outbox(transport, "interpreter")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -111,7 +113,7 @@ class Interpreter:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            await self._abort_utterance()
+            await self.close()
         else:
             pump.result()
         await self.drain()
@@ -131,8 +133,18 @@ class Interpreter:
                 await asyncio.sleep(self.settings.source_retry_s)
 
     async def drain(self) -> None:
-        """Wait until every message handed to the transport has been sent (QoS1: acknowledged)."""
+        """Wait for the utterances still being finished, then until every message handed to the transport has been
+        sent (QoS1: acknowledged)."""
+        if self._finishing:
+            await asyncio.wait(set(self._finishing))
         await self.outbox.drain()
+
+    def _in_background(self, coro: Any) -> asyncio.Task[None]:
+        """Run ``coro`` beside the microphone loop (a final result may take seconds; the microphone must not wait)."""
+        task = asyncio.create_task(coro)
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        return task
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Live settings from the component configuration. A new VAD takes over between utterances."""
@@ -200,11 +212,13 @@ class Interpreter:
 
     async def process(self, frame: bytes) -> None:
         self.frames_seen += 1
-        if self.muted():
+        # While the stop word is being said, all of it goes to the stop-word listener, even after the player has
+        # stopped: the rest of "그만" must not become a question.
+        if self.muted() or self._stop_utterance is not None:
             if self.vad.in_speech or self._utterance:
                 await self._abort_utterance()  # the device started talking: what follows would be its own voice
             self.vad.reset()
-            if self.settings.stop_word_enabled and self.speaking:
+            if self._stop_utterance is not None or (self.settings.stop_word_enabled and self.speaking):
                 await self._listen_for_stop_word(frame)
             return
         for event in self.vad.process(frame):
@@ -228,19 +242,30 @@ class Interpreter:
                 utterance, self._utterance = self._utterance, None
                 if self._next_vad is not None:  # new VAD settings arrived mid-utterance
                     self.vad, self._next_vad = self._next_vad, None
-                speech_end = now_ms() - event.trailing_silence_ms
-                text = await utterance.transcriber.end()
-                if text:
-                    self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
-                                                            text=text, lang=self.settings.lang,
-                                                            speech_end_ts=speech_end))
-                else:
-                    log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
+                previous = self._previous
+                self._previous = self._in_background(
+                    self._finish(utterance, now_ms() - event.trailing_silence_ms, after=previous))
         except SttError as exc:
             log.error("speech recognition failed: %s", exc)
             self._emit_event("error", self._utterance.request_id if self._utterance else None,
                              detail=f"speech recognition failed: {exc}")
             await self._abort_utterance()
+
+    async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
+        try:
+            text = await utterance.transcriber.end()
+            if after is not None:  # recognised in parallel, published in the order they were said
+                await asyncio.wait({after})
+        except SttError as exc:
+            log.error("speech recognition failed: %s", exc)
+            self._emit_event("error", utterance.request_id, detail=f"speech recognition failed: {exc}")
+            await utterance.transcriber.abort()
+            return
+        if text:
+            self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed", text=text,
+                                                    lang=self.settings.lang, speech_end_ts=speech_end))
+        else:
+            log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
 
     def _on_partial(self, utterance: _Utterance, text: str) -> None:
         if utterance is not self._utterance or not text or text == utterance.last_partial:
@@ -258,19 +283,43 @@ class Interpreter:
             await utterance.transcriber.abort()
         self.vad.reset()
 
+    async def close(self) -> None:
+        """Abort what is still open (a stop-word stream included): no recognizer stream outlives the component."""
+        await self._abort_utterance()
+        stop, self._stop_utterance = self._stop_utterance, None
+        if stop is not None:
+            await stop.abort()
+        for task in list(self._finishing):
+            task.cancel()
+
     async def _listen_for_stop_word(self, frame: bytes) -> None:
-        for event in self._stop_vad.process(frame):
-            if isinstance(event, SpeechStarted):
-                self._stop_utterance = UtteranceTranscriber(self.stop_word_stt, on_partial=self._check_stop_word,
-                                                            retry=self.settings.retry)
-                await self._stop_utterance.start()
-                for f in event.preroll:
-                    await self._stop_utterance.send(f)
-            elif isinstance(event, SpeechAudio) and self._stop_utterance:
-                await self._stop_utterance.send(event.frame)
-            elif isinstance(event, SpeechEnded) and self._stop_utterance:
-                utterance, self._stop_utterance = self._stop_utterance, None
-                self._check_stop_word(await utterance.end())
+        try:
+            for event in self._stop_vad.process(frame):
+                if isinstance(event, SpeechStarted):
+                    self._stop_utterance = UtteranceTranscriber(self.stop_word_stt, on_partial=self._check_stop_word,
+                                                                retry=self.settings.retry)
+                    await self._stop_utterance.start()
+                    for f in event.preroll:
+                        await self._stop_utterance.send(f)
+                elif isinstance(event, SpeechAudio) and self._stop_utterance:
+                    await self._stop_utterance.send(event.frame)
+                elif isinstance(event, SpeechEnded) and self._stop_utterance:
+                    utterance, self._stop_utterance = self._stop_utterance, None
+                    self.muted_until = max(self.muted_until, self.clock() + self.settings.echo_tail_s)
+                    self._in_background(self._end_stop_word(utterance))
+        except SttError as exc:  # no stop word this time; the device keeps speaking and listening
+            log.error("stop word recognition failed: %s", exc)
+            utterance, self._stop_utterance = self._stop_utterance, None
+            self._stop_vad.reset()
+            if utterance is not None:
+                await utterance.abort()
+
+    async def _end_stop_word(self, utterance: UtteranceTranscriber) -> None:
+        try:
+            self._check_stop_word(await utterance.end())
+        except SttError as exc:
+            log.error("stop word recognition failed: %s", exc)
+            await utterance.abort()
 
     def _check_stop_word(self, text: str) -> None:
         if self.speaking and self.settings.stop_word in text.replace(" ", ""):

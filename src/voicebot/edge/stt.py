@@ -148,6 +148,7 @@ class TranscribeBackend:
         self.region = region
         self.language = language
         self._factory = client_factory or self._default_client
+        self._client: Any = None  # one client for every utterance: no credential lookup or TLS setup per question
 
     def _default_client(self) -> Any:
         from amazon_transcribe.client import TranscribeStreamingClient
@@ -155,8 +156,9 @@ class TranscribeBackend:
         return TranscribeStreamingClient(region=self.region)
 
     async def open(self) -> TranscribeSession:
-        client = self._factory()
-        stream = await client.start_stream_transcription(
+        if self._client is None:
+            self._client = self._factory()
+        stream = await self._client.start_stream_transcription(
             language_code=self.language, media_sample_rate_hz=SAMPLE_RATE, media_encoding="pcm",
             enable_partial_results_stabilization=True, partial_results_stability="high",
         )
@@ -171,6 +173,7 @@ class TranscribeSession:
         await self.stream.input_stream.send_audio_event(audio_chunk=pcm)
 
     async def finish(self) -> None:
+        self.finished = True
         await self.stream.input_stream.end_stream()
 
     async def results(self) -> AsyncIterator[SttResult]:
@@ -186,7 +189,10 @@ class TranscribeSession:
                         yield SttResult(text, final=not result.is_partial)
 
     async def close(self) -> None:
-        return None
+        """End the request stream (an aborted utterance must not leave an open HTTP/2 stream behind)."""
+        if not getattr(self, "finished", False):
+            self.finished = True
+            await self.stream.input_stream.end_stream()
 
 
 class NullSttBackend:
@@ -229,6 +235,10 @@ class RetryPolicy:
     first_delay_s: float = 0.5
     max_delay_s: float = 8.0
     attempts: int = 5
+    open_timeout_s: float = 3.0
+    """One attempt to open a stream gives up after this long (an unreachable endpoint, a half-open connection)."""
+    end_timeout_s: float = 5.0
+    """The final result must arrive this long after the audio ended; then what was recognised so far is used."""
 
     def delays(self):
         delay = self.first_delay_s
@@ -238,7 +248,11 @@ class RetryPolicy:
 
 
 class UtteranceTranscriber:
-    """Feeds one utterance to a backend; ``end()`` returns the final text (all finals joined)."""
+    """Feeds one utterance to a backend; ``end()`` returns the final text (all finals joined).
+
+    Opening the stream (and its retries) happens in the background: the audio keeps flowing into ``audio`` and is
+    replayed once the stream is open, so a slow or unreachable recognizer never stalls the microphone loop.
+    """
 
     def __init__(self, backend: SttBackend, *, on_partial: Callable[[str], None], retry: RetryPolicy | None = None):
         self.backend = backend
@@ -250,9 +264,22 @@ class UtteranceTranscriber:
         self._session: SttSession | None = None
         self._reader: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._last_partial = ""
 
     async def start(self) -> None:
-        await self._connect(replay=False)
+        self._connecting = asyncio.create_task(self._connect(replay=True))
+
+    async def _connected(self) -> bool:
+        """False while the stream is still opening (audio waits in ``audio``); raises SttError if it never opened."""
+        task = self._connecting
+        if task is None:
+            return True
+        if not task.done():
+            return False
+        self._connecting = None
+        task.result()  # SttError after the last attempt
+        return True
 
     async def _connect(self, *, replay: bool) -> None:
         last_exc: BaseException | None = None
@@ -264,17 +291,19 @@ class UtteranceTranscriber:
                 return
             except Exception as exc:
                 last_exc = exc
-                log.warning("%s stream could not start (%s); retrying", self.backend.name, exc)
+                log.warning("%s stream could not start (%s); retrying", self.backend.name,
+                            str(exc) or type(exc).__name__)
         raise SttError(f"{self.backend.name} is unavailable after {self.retry.attempts} attempts: {last_exc}")
 
     async def _open(self, *, replay: bool) -> None:
         await self._drop_session()
         self._failed = None
         self.finals = []  # a replayed stream re-recognises everything: keep only its results
-        self._session = await self.backend.open()
+        async with asyncio.timeout(self.retry.open_timeout_s):  # the connection, not the replay below
+            self._session = await self.backend.open()
         self._reader = asyncio.create_task(self._read(self._session))
         if replay:
-            for chunk in self.audio:
+            for chunk in self.audio:  # (audio that arrives meanwhile is appended, and sent by this loop too)
                 await self._session.send(chunk)
 
     async def _read(self, session: SttSession) -> None:
@@ -282,8 +311,10 @@ class UtteranceTranscriber:
             async for result in session.results():
                 if result.final:
                     self.finals.append(result.text)
+                    self._last_partial = ""
                     self.on_partial(" ".join(self.finals))
                 else:
+                    self._last_partial = result.text
                     self.on_partial(" ".join([*self.finals, result.text]))
         except Exception as exc:
             self._failed = exc
@@ -306,6 +337,8 @@ class UtteranceTranscriber:
 
     async def send(self, pcm: bytes) -> None:
         self.audio.append(pcm)
+        if not await self._connected():
+            return  # replayed when the stream opens
         if self._failed is not None:
             await self._reconnect(self._failed)
             return
@@ -317,6 +350,9 @@ class UtteranceTranscriber:
             await self._reconnect(exc)
 
     async def end(self) -> str:
+        if self._connecting is not None:
+            await asyncio.wait({self._connecting})  # bounded: attempts x open_timeout_s plus the backoff
+            await self._connected()
         for _ in range(self.retry.attempts):
             try:
                 if self._failed is not None:
@@ -324,7 +360,14 @@ class UtteranceTranscriber:
                 if self._session is None or self._reader is None:
                     raise SttError("end() before start()")
                 await self._session.finish()
-                await self._reader
+                try:
+                    async with asyncio.timeout(self.retry.end_timeout_s):
+                        await asyncio.shield(self._reader)
+                except TimeoutError:
+                    log.warning("%s gave no final result within %.0f s; using what it recognised so far",
+                                self.backend.name, self.retry.end_timeout_s)
+                    self.finals = self.finals or ([self._last_partial] if self._last_partial else [])
+                    break
                 if self._failed is not None:
                     raise self._failed
                 break
@@ -338,4 +381,9 @@ class UtteranceTranscriber:
         return " ".join(t for t in self.finals if t).strip()
 
     async def abort(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._connecting
+            self._connecting = None
         await self._drop_session()

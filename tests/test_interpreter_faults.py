@@ -1,0 +1,137 @@
+"""Recognizer faults cannot stall or kill the microphone loop: an unreachable Transcribe, a final result that never
+comes, an STT outage during the stop word; one Transcribe client serves every utterance; the mic hand-off drops the
+oldest blocks instead of raising on the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from tests.speech_fixtures import frames_of, silence, spoken
+from tests.test_echo_guard import speaking
+from tests.test_hostile_device import MemoryTransport
+from tests.test_interpreter import SCRIPT, FakeTranscribeClient, FakeTranscribeStream, PushSource
+from voicebot.edge.audio import FrameRing
+from voicebot.edge.interpreter import Interpreter, InterpreterSettings
+from voicebot.edge.stt import RetryPolicy, TranscribeBackend
+from voicebot.protocol import EventMessage, Topics, TranscriptMessage, decode
+
+QUICK = RetryPolicy(first_delay_s=0.01, max_delay_s=0.02, attempts=2, open_timeout_s=0.2, end_timeout_s=0.3)
+TOPICS = Topics("voicebot", "faults")
+
+
+class HangingClient:
+    """A Transcribe client whose connection never completes (an unreachable endpoint behind a silent firewall)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def start_stream_transcription(self, **kwargs):
+        self.calls += 1
+        await asyncio.Event().wait()
+
+
+def utterance() -> list[bytes]:
+    return frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨 어때요")) + frames_of(silence(1.2))
+
+
+def sent(transport: MemoryTransport, model, topic: str) -> list:
+    return [decode(model, p) for t, p in transport.sent if t == topic]
+
+
+async def run_until_idle(interpreter: Interpreter, source: PushSource, frames: list[bytes]) -> None:
+    stop = asyncio.Event()
+    task = asyncio.create_task(interpreter.run(stop))
+    await asyncio.wait_for(source.idle.wait(), 10)
+    source.push(frames)
+    await asyncio.wait_for(source.idle.wait(), 10)  # every frame went through the loop
+    await interpreter.drain()
+    stop.set()
+    await task
+
+
+def test_an_unreachable_transcribe_never_stalls_the_microphone_loop():
+    client = HangingClient()
+    transport, source = MemoryTransport(), PushSource()
+    interpreter = Interpreter(transport, TOPICS, source, TranscribeBackend(client_factory=lambda: client),
+                              InterpreterSettings(retry=QUICK))
+    asyncio.run(run_until_idle(interpreter, source, utterance() * 2))
+    assert client.calls >= 2  # it tried, in the background, while the frames kept flowing
+    errors = [e for e in sent(transport, EventMessage, TOPICS.event) if e.type == "error"]
+    assert errors and all("speech recognition failed" in e.detail for e in errors)
+    assert not sent(transport, TranscriptMessage, TOPICS.transcript)
+
+
+class NoFinalStream(FakeTranscribeStream):
+    """Gives partials but never a final result, and never ends its output."""
+
+    async def end_stream(self) -> None:
+        self.ended = True
+
+
+def test_a_final_result_that_never_comes_uses_what_was_recognised():
+    stream = NoFinalStream(SCRIPT)
+    transport, source = MemoryTransport(), PushSource()
+    backend = TranscribeBackend(client_factory=lambda: FakeTranscribeClient([stream]))
+    interpreter = Interpreter(transport, TOPICS, source, backend, InterpreterSettings(retry=QUICK))
+    asyncio.run(run_until_idle(interpreter, source, utterance()))
+    completed = [m for m in sent(transport, TranscriptMessage, TOPICS.transcript) if m.state == "completed"]
+    assert [m.text for m in completed] == ["오늘"]  # the partial it had, after end_timeout_s
+
+
+def test_one_transcribe_client_serves_every_utterance_and_aborted_streams_are_ended():
+    streams = [FakeTranscribeStream(SCRIPT) for _ in range(2)]
+    made = []
+
+    def factory():
+        made.append(FakeTranscribeClient(streams))
+        return made[-1]
+
+    transport, source = MemoryTransport(), PushSource()
+    interpreter = Interpreter(transport, TOPICS, source, TranscribeBackend(client_factory=factory),
+                              InterpreterSettings(retry=QUICK))
+    asyncio.run(run_until_idle(interpreter, source, utterance() + utterance()))
+    assert len(made) == 1 and len(made[0].requests) == 2
+
+
+class FailingOpen:
+    name = "down"
+
+    async def open(self):
+        raise ConnectionError("recognizer unreachable")
+
+
+def test_an_stt_outage_during_the_stop_word_keeps_the_device_running():
+    transport, source = MemoryTransport(), PushSource()
+    interpreter = Interpreter(transport, TOPICS, source, FailingOpen(),
+                              InterpreterSettings(retry=QUICK, stop_word_enabled=True), stop_word_stt=FailingOpen())
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(interpreter.run(stop))
+        await asyncio.wait_for(source.idle.wait(), 10)
+        interpreter._on_player_state(speaking())
+        source.push(utterance())  # someone speaks while the device speaks: the stop-word listener starts
+        await asyncio.wait_for(source.idle.wait(), 10)
+        await interpreter.drain()
+        assert not task.done()  # still listening
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert not sent(transport, TranscriptMessage, TOPICS.transcript)
+
+
+def test_the_microphone_ring_drops_the_oldest_blocks_and_never_raises():
+    async def main() -> tuple[list[bytes], int]:
+        ring = FrameRing(asyncio.get_running_loop(), size=50)
+        pusher = threading.Thread(target=lambda: [ring.push(bytes([i % 256])) for i in range(300)])
+        pusher.start()
+        await asyncio.to_thread(pusher.join)  # the loop did not read while the audio thread pushed
+        got = [await ring.get() for _ in range(50)]
+        return got, ring.dropped
+
+    got, dropped = asyncio.run(main())
+    assert dropped == 250 and got == [bytes([i % 256]) for i in range(250, 300)]
+
+
