@@ -45,12 +45,24 @@ class ComponentConfig:
         if self.client is None:
             return
 
-        def changed(event: Any) -> None:  # SDK thread: the event names the key, not the value; re-read in the loop
+        async def reload() -> None:
+            try:
+                config = await asyncio.to_thread(self.load)  # an IPC round trip: not on the loop
+            except Exception as exc:
+                log.error("configuration could not be read after an update (%s); keeping the current one", exc)
+                return
+            on_change(config)
+
+        def changed(event: Any) -> None:  # SDK thread: the event names the key, not the value; re-read it
             keys = event.configuration_update_event.key_path if event.configuration_update_event else []
             log.info("configuration changed: %s", "/".join(keys or []))
-            loop.call_soon_threadsafe(lambda: on_change(self.load()))
+            asyncio.run_coroutine_threadsafe(reload(), loop)
 
-        self.client.subscribe_to_configuration_update(key_path=[], on_stream_event=changed)
+        def failed(exc: Exception) -> bool:
+            log.error("configuration update stream error (%s); live settings may lag until the next change", exc)
+            return False  # keep the stream open
+
+        self.client.subscribe_to_configuration_update(key_path=[], on_stream_event=changed, on_stream_error=failed)
 
 
 def number(config: Config, key: str, default: float) -> float:
@@ -78,7 +90,7 @@ async def _serve(make: Callable[[Transport], Any], transport: Transport, config:
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # Greengrass stops components with SIGTERM
         loop.add_signal_handler(sig, stop.set)
-    component.apply_config(config.load())
+    component.apply_config(await asyncio.to_thread(config.load))
     config.watch(loop, component.apply_config)
     await component.run(stop)
 

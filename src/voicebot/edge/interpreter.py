@@ -102,8 +102,8 @@ class Interpreter:
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set or the source ends (a WAV file); then send everything still pending."""
         loop = asyncio.get_running_loop()
-        self.transport.subscribe(self.topics.player_state, QOS_AT_MOST_ONCE,
-                                 lambda _t, payload: loop.call_soon_threadsafe(self._on_player_state, payload))
+        await asyncio.to_thread(self.transport.subscribe, self.topics.player_state, QOS_AT_MOST_ONCE,
+                                lambda _t, payload: loop.call_soon_threadsafe(self._on_player_state, payload))
         log.info("interpreter listening on %s with %s", self.source.description, self.stt.name)
         pump = asyncio.create_task(self._pump())
         stopper = asyncio.create_task(stop.wait())

@@ -91,8 +91,8 @@ class Player:
         loop = asyncio.get_running_loop()
         handler = handoff_to_loop(loop, self._inbox)
         for topic in (self.topics.audio, self.topics.event, self.topics.command):
-            self.transport.subscribe(topic, QOS_AT_LEAST_ONCE, handler)
-        self.transport.subscribe(self.topics.control, QOS_AT_MOST_ONCE, handler)
+            await asyncio.to_thread(self.transport.subscribe, topic, QOS_AT_LEAST_ONCE, handler)  # (waits for SUBACK)
+        await asyncio.to_thread(self.transport.subscribe, self.topics.control, QOS_AT_MOST_ONCE, handler)
         self._set_state("idle", None)
         self.ready.set()
         log.info("player ready on %s", self.topics.audio)
@@ -154,8 +154,7 @@ class Player:
     # -- queue actions -----------------------------------------------------------------------------------------------
 
     def _step(self) -> None:
-        # Again after a sentence that could not even start (undecodable): the next one may be waiting already.
-        while self._playing is None:
+        while self._playing is None:  # (a Play always starts a playback task; the loop ends with it)
             actions = self.queue.next(self.clock())
             self._apply(actions)
             if not any(isinstance(a, Play) for a in actions):
@@ -177,18 +176,26 @@ class Player:
         self._set_state("speaking" if self.queue.speaking else "idle", self.queue.active_request)
 
     def _start_playing(self, sentence: SentenceAudio) -> None:
+        self._playing_sentence = sentence
+        self._playing = asyncio.create_task(self._play(sentence))
+
+    async def _play(self, sentence: SentenceAudio) -> bool:
+        """Decode (in a thread: OGG decoding and resampling take milliseconds the loop needs), then play. False when
+        the sentence could not be decoded: it is skipped."""
         try:
-            samples, rate = decode_sentence(sentence)
+            samples = await asyncio.to_thread(self._prepare, sentence, self.volume)
         except AudioError as exc:
             log.error("player: %s", exc)
             self._emit("skipped", sentence.request_id, sentence.seq, detail=str(exc))
-            self.queue.playback_done(self.clock())
-            return
-        samples = apply_volume(to_rate(samples, rate, self.sink.sample_rate), self.volume)
-        self._playing_sentence = sentence
+            return False
         if samples.size:
             self._emit("playing", sentence.request_id, sentence.seq, last=sentence.last)
-        self._playing = asyncio.create_task(self.sink.play(samples))
+        await self.sink.play(samples)
+        return bool(sentence.data)
+
+    def _prepare(self, sentence: SentenceAudio, volume: float) -> Any:
+        samples, rate = decode_sentence(sentence)
+        return apply_volume(to_rate(samples, rate, self.sink.sample_rate), volume)
 
     def _finish_playing(self) -> None:
         task, sentence = self._playing, self._playing_sentence
@@ -196,7 +203,7 @@ class Player:
         if task is not None and not task.cancelled() and task.exception() is not None:
             log.error("player: sink failed: %s", task.exception())
             self._emit("error", detail=f"audio output failed: {task.exception()}")
-        elif sentence is not None and sentence.data:
+        elif task is not None and not task.cancelled() and task.result() and sentence is not None:
             self._emit("played", sentence.request_id, sentence.seq, last=sentence.last)
         self.queue.playback_done(self.clock())
 

@@ -146,6 +146,9 @@ class _Subscriptions:
                 log.exception("message handler for %s failed", topic)
 
 
+SESSION_EXPIRY_S = 120
+
+
 class Mqtt5Transport:
     """MQTT5 client (awscrt). Plain TCP when ``broker`` is given, mTLS to IoT Core when ``endpoint`` is given."""
 
@@ -157,8 +160,13 @@ class Mqtt5Transport:
         self._subs = _Subscriptions()
         self._connected = threading.Event()
         self._closed = False
+        # A named client (a device component) keeps its session for two minutes: after a blip the broker resumes its
+        # subscriptions and hands over the QoS1 messages it queued meanwhile (REJOIN_POST_SUCCESS needs an expiry);
+        # after a longer outage those answers would be stale anyway.
+        expiry = SESSION_EXPIRY_S if client_id else 0
         client_id = client_id or f"voicebot-{uuid.uuid4().hex[:12]}"
-        connect = mqtt5.ConnectPacket(client_id=client_id, keep_alive_interval_sec=60)
+        connect = mqtt5.ConnectPacket(client_id=client_id, keep_alive_interval_sec=60,
+                                      session_expiry_interval_sec=expiry)
         common = dict(
             connect_options=connect,
             session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
