@@ -159,6 +159,9 @@ class Mqtt5Transport:
         self._mqtt5 = mqtt5
         self._subs = _Subscriptions()
         self._connected = threading.Event()
+        self._connections = threading.Condition()
+        self.connections = 0
+        """How many times the client has connected (1 after the first, +1 per reconnect): for health checks."""
         self._closed = False
         # A named client (a device component) keeps its session for two minutes: after a blip the broker resumes its
         # subscriptions and hands over the QoS1 messages it queued meanwhile (REJOIN_POST_SUCCESS needs an expiry);
@@ -219,11 +222,29 @@ class Mqtt5Transport:
         if self._connected.is_set():
             log.info("reconnected to %s (session %s)", self.description, "resumed" if resumed else "new")
         self._connected.set()
+        subacks = []
         if not resumed:
             with self._subs.lock:
                 subs = list(self._subs.items)
-            for sub in subs:
-                self._send_subscribe(sub)
+            subacks = [self._send_subscribe(sub) for sub in subs]
+        # Counted once the broker has acknowledged the renewed subscriptions (never blocking this SDK thread).
+        pending = [len(subacks)]
+
+        def counted(_: Future | None = None) -> None:
+            with self._connections:
+                pending[0] -= 1
+                if pending[0] < 0:
+                    self.connections += 1
+                    self._connections.notify_all()
+
+        for future in subacks:
+            future.add_done_callback(counted)
+        counted()
+
+    def wait_for_connections(self, count: int, timeout: float) -> bool:
+        """Block until the client has connected ``count`` times (its subscriptions are renewed by then)."""
+        with self._connections:
+            return self._connections.wait_for(lambda: self.connections >= count, timeout)
 
     def _on_connect_failure(self, data) -> None:
         log.warning("connection to %s failed: %s (retrying)", self.description, data.exception)

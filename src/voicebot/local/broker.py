@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
 import shutil
 import socket
@@ -24,7 +25,8 @@ def free_port() -> int:
 
 
 class MosquittoBroker:
-    """Starts ``mosquitto`` with a generated config (MQTT5, anonymous, loopback only, no persistence).
+    """Starts ``mosquitto`` with a generated config (MQTT5, anonymous, loopback only). Sessions and queued QoS1
+    messages are persisted across ``restart()``, as AWS IoT Core keeps them across its own outages.
 
     Use as a context manager; ``url`` is ``mqtt://127.0.0.1:PORT``. Stops the process it started, by its own PID.
     """
@@ -49,12 +51,16 @@ class MosquittoBroker:
         )
         if exe is None:
             raise BrokerError("mosquitto is not installed: run `make demo` (it installs it) or `apt-get install mosquitto`")
-        self._dir = tempfile.TemporaryDirectory(prefix="voicebot-broker-")
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="voicebot-broker-")
         conf = Path(self._dir.name) / "mosquitto.conf"
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            f"user {getpass.getuser()}\n"  # started as root, mosquitto would switch to a user that cannot write here
+            "persistence true\n"  # written when mosquitto stops; read back by restart()
+            f"persistence_location {self._dir.name}/\n"
+            "autosave_interval 0\n"
             "max_packet_size 1048576\n"
             "set_tcp_nodelay true\n"  # no Nagle delays on small MQTT packets (latency is the product)
             "log_dest stderr\n"
@@ -76,7 +82,19 @@ class MosquittoBroker:
         self.stop()
         raise BrokerError(f"mosquitto did not accept connections on port {self.port} within {self.start_timeout} s")
 
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop mosquitto (it saves its sessions), stay down ``down_s`` seconds (an outage), start it on the same port."""
+        self._stop_process()
+        time.sleep(down_s)  # the outage being simulated
+        self.start()
+
     def stop(self) -> None:
+        self._stop_process()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def _stop_process(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.terminate()
@@ -87,9 +105,6 @@ class MosquittoBroker:
                 proc.wait(timeout=5)
         if proc is not None and proc.stderr:
             proc.stderr.close()
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
 
     def __enter__(self) -> MosquittoBroker:
         return self.start()
