@@ -6,7 +6,7 @@ import logging
 from typing import Any, Protocol
 
 from voicebot.edge.transport import Transport, publish_and_wait
-from voicebot.protocol import QOS_AT_LEAST_ONCE, EventMessage, Message, Topics, encode
+from voicebot.protocol import MAX_SEQ, QOS_AT_LEAST_ONCE, EventMessage, Message, Topics, encode
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,11 @@ def send_error(
     seq: int | None = None, last: bool | None = None,
 ) -> bool:
     """Tell whoever watches the device that something went wrong. Never raises (an error report must not fail
-    twice); False when it could not be published."""
+    twice); False when it could not be published. Values copied from a bad message are dropped if they are bad too."""
+    if not (isinstance(request_id, str) and 0 < len(request_id) <= 64):
+        request_id = None
+    if not (isinstance(seq, int) and 0 <= seq <= MAX_SEQ):
+        seq = None
     try:
         send(publisher, topics.event, EventMessage(
             source=source, type="error", request_id=request_id, seq=seq, last=last, detail=detail[:500],

@@ -343,23 +343,29 @@ class RulesEngine:
             return
         try:
             obj = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            log.warning("rules: payload on %s is not JSON; no rule fires", topic)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            log.warning("rules: payload on %s is not JSON (or nested too deeply); no rule fires", topic)
             return
         if not isinstance(obj, dict):
             log.warning("rules: payload on %s is not a JSON object; no rule fires", topic)
             return
         for rule in self.rules:
-            if rule.query.matches(topic, obj):
+            try:
+                if not rule.query.matches(topic, obj):
+                    continue
                 event = rule.query.select(topic, obj)
-                for target in rule.targets:
-                    with self._lock:
-                        if self._closed:
-                            return
-                        self.invocations.append((target, event))
-                        future = self._pool.submit(self._invoke, rule.name, target, event)
-                        self._pending.add(future)
-                    future.add_done_callback(self._pending.discard)
+            except Exception as exc:  # a payload the SQL cannot evaluate: this rule does not fire, the engine goes on
+                log.warning("rules: %s could not evaluate the payload on %s: %s: %s", rule.name, topic,
+                            type(exc).__name__, str(exc)[:200])
+                continue
+            for target in rule.targets:
+                with self._lock:
+                    if self._closed:
+                        return
+                    self.invocations.append((target, event))
+                    future = self._pool.submit(self._invoke, rule.name, target, event)
+                    self._pending.add(future)
+                future.add_done_callback(self._pending.discard)
 
     def _invoke(self, rule: str, target: str, event: dict[str, Any]) -> None:
         try:
