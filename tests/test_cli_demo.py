@@ -53,7 +53,7 @@ def test_interpreter_command_with_a_wav_source_ends_when_the_file_is_done(tmp_pa
 
     wav = write_wav(tmp_path / "q.wav", silence(0.3), spoken("음악 틀어 줘"), silence(1.0),
                     spoken("고마워요"), silence(1.0))
-    proc = run_cli("interpreter", "--broker", broker.url, "--thing", "cli-pi", "--source", f"wav:{wav}")
+    proc = run_cli("interpreter", "--broker", broker.url, "--thing", "cli-pi", "--source", f"wav:{wav}", "--stt", "vosk")
     assert proc.returncode == 0, proc.stderr
     heard = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert len(heard) == 2 and heard[0]["requestId"] < heard[1]["requestId"]

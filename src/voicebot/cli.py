@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from voicebot.edge.audio import AudioError
+from voicebot.edge.settings import InterpreterConfig, PlayerConfig
 from voicebot.edge.transport import ConnectionSettings, TransportError
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
@@ -37,6 +38,9 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
                               ipc=args.ipc)
 
 
+PLAYER, INTERPRETER = PlayerConfig(), InterpreterConfig()  # one place for every default (the recipes' too)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="voicebot", description="Korean voice-to-voice assistant for Greengrass devices")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -55,21 +59,24 @@ def build_parser() -> argparse.ArgumentParser:
     player = sub.add_parser("player", help="run the voice-player component (dev mode)")
     _connection_flags(player)
     player.add_argument("--sink", default="device", help="device[:NAME] | wav:PATH | null")
-    player.add_argument("--gap-timeout", type=float, default=3.0, help="seconds to wait for a missing sentence")
-    player.add_argument("--volume", type=float, default=1.0)
+    player.add_argument("--gap-timeout", type=float, default=PLAYER.gap_timeout_s,
+                        help="seconds to wait for a missing sentence")
+    player.add_argument("--volume", type=float, default=PLAYER.volume)
 
     interp = sub.add_parser("interpreter", help="run the voice-interpreter component (dev mode)")
     _connection_flags(interp)
     interp.add_argument("--source", default="mic", help="mic[:NAME] | wav:PATH (a WAV ends the run when done)")
-    interp.add_argument("--stt", default="vosk", choices=["vosk", "transcribe", "none"],
-                        help="none: VAD only, no recognizer (to measure the interpreter itself)")
-    interp.add_argument("--region", default="ap-northeast-2", help="AWS region of Amazon Transcribe")
-    interp.add_argument("--vad", default="webrtc", choices=["webrtc", "silero"], help="voice activity detector")
-    interp.add_argument("--vad-aggressiveness", type=int, default=2, choices=[0, 1, 2, 3])
-    interp.add_argument("--preroll-ms", type=int, default=300)
-    interp.add_argument("--hangover-ms", type=int, default=700)
-    interp.add_argument("--max-utterance-s", type=float, default=15.0)
-    interp.add_argument("--echo-tail-s", type=float, default=0.4)
+    interp.add_argument("--stt", default=INTERPRETER.stt, choices=["vosk", "transcribe", "none"],
+                        help="transcribe (as on the device; needs AWS credentials), vosk (offline), or none: VAD "
+                             "only, no recognizer (to measure the interpreter itself)")
+    interp.add_argument("--region", default=INTERPRETER.region, help="AWS region of Amazon Transcribe")
+    interp.add_argument("--vad", default=INTERPRETER.vad_engine, choices=["webrtc", "silero"],
+                        help="voice activity detector")
+    interp.add_argument("--vad-aggressiveness", type=int, default=INTERPRETER.vad_aggressiveness, choices=[0, 1, 2, 3])
+    interp.add_argument("--preroll-ms", type=int, default=INTERPRETER.preroll_ms)
+    interp.add_argument("--hangover-ms", type=int, default=INTERPRETER.hangover_ms)
+    interp.add_argument("--max-utterance-s", type=float, default=INTERPRETER.max_utterance_s)
+    interp.add_argument("--echo-tail-s", type=float, default=INTERPRETER.echo_tail_s)
     interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
 
     sub.add_parser("devices", help="list audio inputs and outputs with the exact Source/Sink value for each")

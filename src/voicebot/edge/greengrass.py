@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from voicebot.edge.settings import InterpreterConfig, PlayerConfig
 from voicebot.edge.transport import ConnectionSettings, IpcTransport, Transport, connect
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
@@ -63,16 +64,6 @@ class ComponentConfig:
             return False  # keep the stream open
 
         self.client.subscribe_to_configuration_update(key_path=[], on_stream_event=changed, on_stream_error=failed)
-
-
-def number(config: Config, key: str, default: float) -> float:
-    """Greengrass stores numbers as strings ("0.8"); a bad value keeps the default with one log line."""
-    value = config.get(key, default)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        log.warning("configuration %s=%r is not a number; using %s", key, value, default)
-        return default
 
 
 def _transport(component: str, thing: str) -> tuple[Transport, ComponentConfig]:
@@ -127,15 +118,16 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
     included, arrives as it was written; flags given on the command line win (development).
     """
     env = os.environ.get
+    player, interpreter = PlayerConfig(), InterpreterConfig()  # the defaults, as the recipes write them
     parser = argparse.ArgumentParser(prog=f"voicebot-{kind}")
     parser.add_argument("--thing", required=True)
     parser.add_argument("--topic-root", default=env("VOICEBOT_TOPIC_ROOT") or DEFAULT_TOPIC_ROOT)
     if kind == "player":
-        parser.add_argument("--sink", default=env("VOICEBOT_SINK") or "device")
+        parser.add_argument("--sink", default=env("VOICEBOT_SINK") or player.sink)
     else:
-        parser.add_argument("--source", default=env("VOICEBOT_SOURCE") or "mic")
-        parser.add_argument("--stt", default=env("VOICEBOT_STT") or "transcribe", choices=["transcribe", "vosk"])
-        parser.add_argument("--region", default=env("VOICEBOT_REGION") or env("AWS_REGION") or "ap-northeast-2")
+        parser.add_argument("--source", default=env("VOICEBOT_SOURCE") or interpreter.source)
+        parser.add_argument("--stt", default=env("VOICEBOT_STT") or interpreter.stt, choices=["transcribe", "vosk"])
+        parser.add_argument("--region", default=env("VOICEBOT_REGION") or env("AWS_REGION") or interpreter.region)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     # Greengrass stops a component with SIGTERM, also while it waits for a device: exit cleanly, not as "killed".

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSource
+from voicebot.edge.settings import InterpreterConfig
 from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
 from voicebot.edge.transport import Outbox, Transport
 from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
@@ -147,22 +148,18 @@ class Interpreter:
         return task
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
-        """Live settings from the component configuration. A new VAD takes over between utterances."""
-        from voicebot.edge.greengrass import number
-
-        vad = self.settings.vad
-        engine = str(config.get("VadEngine", vad.engine))
-        new_vad = replace(
-            vad, engine=engine if engine in ("webrtc", "silero") else vad.engine,
-            aggressiveness=int(number(config, "VadAggressiveness", vad.aggressiveness)),
-            preroll_ms=int(number(config, "PrerollMs", vad.preroll_ms)),
-            hangover_ms=int(number(config, "HangoverMs", vad.hangover_ms)),
-            max_utterance_s=number(config, "MaxUtteranceS", vad.max_utterance_s),
-        )
-        stop_word = str(config.get("StopWord", self.settings.stop_word if self.settings.stop_word_enabled else ""))
-        self.settings = replace(self.settings, vad=new_vad, echo_tail_s=number(config, "EchoTailS",
-                                                                                 self.settings.echo_tail_s),
-                                stop_word_enabled=bool(stop_word.strip()), stop_word=stop_word.strip() or "그만")
+        """Live settings from the component configuration. A new VAD takes over between utterances; a bad value
+        keeps the current one (logged once)."""
+        vad, s = self.settings.vad, self.settings
+        new = InterpreterConfig(
+            vad_engine=vad.engine, vad_aggressiveness=vad.aggressiveness, preroll_ms=vad.preroll_ms,
+            hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, echo_tail_s=s.echo_tail_s,
+            stop_word=s.stop_word if s.stop_word_enabled else "",
+        ).merged(config)
+        new_vad = replace(vad, engine=new.vad_engine, aggressiveness=new.vad_aggressiveness,
+                          preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s)
+        self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
+                                stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
         if new_vad != vad:
             try:
                 self._next_vad = VadGate(new_vad)

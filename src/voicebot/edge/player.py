@@ -18,6 +18,7 @@ from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
 from voicebot.edge.playback import Action, Finished, Interrupted, Play, PlaybackQueue, Skip
+from voicebot.edge.settings import PlayerConfig
 from voicebot.edge.transport import Outbox, Transport, handoff_to_loop
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
@@ -45,9 +46,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PlayerSettings:
-    gap_timeout_s: float = 3.0
+    gap_timeout_s: float = PlayerConfig().gap_timeout_s
     """How long to wait for a missing sentence before skipping it."""
-    volume: float = 1.0
+    volume: float = PlayerConfig().volume
     """0.0 to 1.0, applied to every sample."""
     state_heartbeat_s: float = 2.0
     """While speaking, the state is sent again this often: the interpreter unmutes when it stops hearing it (a lost
@@ -81,11 +82,9 @@ class Player:
         self._cancelled: set[asyncio.Task[None]] = set()  # interrupted playbacks, kept until they have wound down
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
-        """Live settings from the component configuration (Greengrass stores numbers as strings)."""
-        from voicebot.edge.greengrass import number
-
-        self.volume = min(1.0, max(0.0, number(config, "Volume", self.volume)))
-        self.queue.gap_timeout_s = max(0.1, number(config, "GapTimeoutS", self.queue.gap_timeout_s))
+        """Live settings from the component configuration; a bad value keeps the current one (logged once)."""
+        new = PlayerConfig(volume=self.volume, gap_timeout_s=self.queue.gap_timeout_s).merged(config)
+        self.volume, self.queue.gap_timeout_s = new.volume, new.gap_timeout_s
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

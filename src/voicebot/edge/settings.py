@@ -1,0 +1,75 @@
+"""The device components' settings: one typed model per component, named as in its recipe's configuration.
+
+Both front doors build from these models (the Greengrass entry from the component configuration, the CLI from its
+flags, whose defaults are read from here), so a default exists once and cannot drift, and a test holds the recipes'
+``DefaultConfiguration`` to the same values. Bounds are part of the model: ``Volume`` 0-1, ``HangoverMs`` 100-5000...
+
+A live configuration update is applied key by key: a bad value (``Volume: "loud"``) is logged once and that one
+setting keeps its current value; the others still change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound="ComponentSettings")
+
+
+class ComponentSettings(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True, validate_default=True)
+
+    @classmethod
+    def recipe_defaults(cls) -> dict[str, str]:
+        """The defaults as a recipe writes them: by configuration key, numbers as strings (Greengrass stores numbers
+        as strings when they are written so)."""
+        return {field.alias or name: str(field.default) for name, field in cls.model_fields.items()}
+
+    def merged(self: S, config: Mapping[str, Any]) -> S:
+        """These settings with every valid value of ``config`` applied (keys as in the recipe; others ignored)."""
+        current = self.model_dump(by_alias=True)
+        for name, field in type(self).model_fields.items():
+            key = field.alias or name
+            if key not in config:
+                continue
+            try:
+                current = type(self).model_validate({**current, key: config[key]}).model_dump(by_alias=True)
+            except ValidationError as exc:
+                log.warning("configuration %s=%r is not valid (%s); keeping %r", key, str(config[key])[:80],
+                            exc.errors()[0]["msg"], current[key])
+        return type(self).model_validate(current)
+
+
+class PlayerConfig(ComponentSettings):
+    """com.voicebot.VoicePlayer."""
+
+    topic_root: str = Field("voicebot", alias="TopicRoot", pattern=r"^[A-Za-z0-9_-]+$")
+    sink: str = Field("device", alias="Sink", min_length=1)
+    """device[:NAME] | wav:PATH | null (restart-needing)."""
+    volume: float = Field(1.0, alias="Volume", ge=0.0, le=1.0)
+    """1.0 plays the audio as it was synthesized; the loudness of the speaker is the ALSA mixer's job."""
+    gap_timeout_s: float = Field(3.0, alias="GapTimeoutS", ge=0.1, le=60.0)
+    """How long to wait for a missing sentence before skipping it."""
+
+
+class InterpreterConfig(ComponentSettings):
+    """com.voicebot.VoiceInterpreter."""
+
+    topic_root: str = Field("voicebot", alias="TopicRoot", pattern=r"^[A-Za-z0-9_-]+$")
+    source: str = Field("mic", alias="Source", min_length=1)
+    stt: Literal["transcribe", "vosk"] = Field("transcribe", alias="SttBackend")
+    region: str = Field("ap-northeast-2", alias="Region", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    vad_engine: Literal["webrtc", "silero"] = Field("webrtc", alias="VadEngine")
+    """silero needs the optional extra, which has no wheel for the Pi: laptops only (not in the recipe)."""
+    vad_aggressiveness: int = Field(2, alias="VadAggressiveness", ge=0, le=3)
+    preroll_ms: int = Field(300, alias="PrerollMs", ge=0, le=2000)
+    hangover_ms: int = Field(700, alias="HangoverMs", ge=100, le=5000)
+    max_utterance_s: float = Field(15.0, alias="MaxUtteranceS", ge=1.0, le=120.0)
+    echo_tail_s: float = Field(0.4, alias="EchoTailS", ge=0.0, le=5.0)
+    stop_word: str = Field("", alias="StopWord", max_length=20)
+    """Empty: no stop word. Heard while the device speaks, it cancels the answer."""

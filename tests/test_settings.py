@@ -1,0 +1,45 @@
+"""One typed settings model per component: the recipes' defaults, the CLI's defaults and the Greengrass entry's
+defaults are the model's, and a live update applies every valid key and keeps the current value of a bad one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from voicebot.cli import build_parser
+from voicebot.edge.settings import InterpreterConfig, PlayerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("recipe", "model"), [("com.voicebot.VoicePlayer", PlayerConfig),
+                                                ("com.voicebot.VoiceInterpreter", InterpreterConfig)])
+def test_the_recipe_defaults_are_the_models(recipe, model):
+    config = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())["ComponentConfiguration"][
+        "DefaultConfiguration"]
+    settings = {k: v for k, v in config.items() if k != "accessControl"}
+    assert model.model_validate(settings) == model()  # same values, parsed as the component parses them
+    aliases = {f.alias for f in model.model_fields.values()}
+    assert set(settings) <= aliases  # no recipe key the component would ignore
+
+
+def test_the_cli_defaults_are_the_models():
+    parser = build_parser()
+    player = parser.parse_args(["player", "--broker", "mqtt://x:1"])
+    interp = parser.parse_args(["interpreter", "--broker", "mqtt://x:1"])
+    p, i = PlayerConfig(), InterpreterConfig()
+    assert (player.volume, player.gap_timeout, player.sink) == (p.volume, p.gap_timeout_s, p.sink)
+    assert (interp.stt, interp.region, interp.source, interp.vad) == (i.stt, i.region, i.source, i.vad_engine)
+    assert (interp.vad_aggressiveness, interp.preroll_ms, interp.hangover_ms, interp.max_utterance_s,
+            interp.echo_tail_s) == (i.vad_aggressiveness, i.preroll_ms, i.hangover_ms, i.max_utterance_s, i.echo_tail_s)
+
+
+def test_a_live_update_applies_the_valid_keys_and_keeps_the_rest(caplog):
+    current = PlayerConfig(volume=0.5)
+    new = current.merged({"Volume": "1.5", "GapTimeoutS": "2.5", "Unknown": "x"})
+    assert new.volume == 0.5 and new.gap_timeout_s == 2.5  # 1.5 is out of range: kept 0.5
+    assert "Volume='1.5' is not valid" in caplog.text
+    interp = InterpreterConfig().merged({"HangoverMs": "50", "PrerollMs": "400", "SttBackend": "whisper"})
+    assert (interp.hangover_ms, interp.preroll_ms, interp.stt) == (700, 400, "transcribe")
