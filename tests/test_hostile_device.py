@@ -16,7 +16,7 @@ import soundfile as sf
 from tests.test_player import audio, finished, run_player, tone
 from voicebot.edge.audio import AudioError, NullSink, WavSink, decode_sentence
 from voicebot.edge.playback import Finished, Play, PlaybackQueue, Skip
-from voicebot.edge.player import Player, PlayerSettings
+from voicebot.edge.player import KEEP_EVENTS, Player, PlayerSettings
 from voicebot.protocol import (
     MAX_DETAIL_CHARS,
     MAX_MESSAGE_BYTES,
@@ -213,6 +213,6 @@ def test_what_the_monitor_and_the_player_remember_is_bounded(topics):
         return player
 
     player = asyncio.run(main())
-    assert len(player.events) == 1000 and len(player.timeline) == 1000
+    assert len(player.events) == KEEP_EVENTS and len(player.timeline) == KEEP_EVENTS
     assert player.events[-1].detail and "bad message" in player.events[-1].detail
 

@@ -88,7 +88,7 @@ class Interpreter:
         self.frames_seen = 0
         self.stt_bytes = 0  # audio that reached the recognizer (the VAD keeps silence away from it)
         self.utterances = 0
-        self.published: deque[TranscriptMessage] = deque(maxlen=1000)  # the latest (bounded: runs for months)
+        self.published: deque[TranscriptMessage] = deque(maxlen=256)  # the latest (bounded: runs for months)
         self.state_changed = asyncio.Event()
         self._utterance: _Utterance | None = None
         self._stop_vad = VadGate(self.settings.vad)

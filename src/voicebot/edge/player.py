@@ -38,6 +38,9 @@ from voicebot.protocol import (
 
 log = logging.getLogger(__name__)
 
+#: Recent events kept for tests and the benchmark (the events themselves go out on the event topic).
+KEEP_EVENTS = 256
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # The player loop
@@ -73,8 +76,8 @@ class Player:
         self._state_sent_at = float("-inf")
         self.ready = asyncio.Event()
         # The latest events, for tests and the benchmark; bounded: a device runs for months.
-        self.events: deque[EventMessage] = deque(maxlen=1000)
-        self.timeline: deque[tuple[float, EventMessage]] = deque(maxlen=1000)  # (clock, event)
+        self.events: deque[EventMessage] = deque(maxlen=KEEP_EVENTS)
+        self.timeline: deque[tuple[float, EventMessage]] = deque(maxlen=KEEP_EVENTS)  # (clock, event)
         self._inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.outbox = Outbox(transport, "player")
         self._playing: asyncio.Task[None] | None = None

@@ -47,7 +47,7 @@ class LocalCloud:
     topic_root: str = "voicebot"
     template: Path | None = None
     chat_settings: ChatSettings | None = None
-    outcomes: deque[Any] = field(default_factory=lambda: deque(maxlen=1000))
+    outcomes: deque[Any] = field(default_factory=lambda: deque(maxlen=256))
     """The latest chat outcomes (bounded)."""
     max_workers: int = 16
     """Concurrent handler invocations (Lambda scales out; the benchmark's fleet raises this)."""

@@ -320,7 +320,7 @@ class RulesEngine:
     rules: list[TopicRule]
     handlers: Mapping[str, Handler]
     max_workers: int = 16
-    invocations: deque[tuple[str, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=1000))
+    invocations: deque[tuple[str, dict[str, Any]]] = field(default_factory=lambda: deque(maxlen=256))
     """The latest invocations (bounded: the local stack may run for days)."""
     _pool: ThreadPoolExecutor = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
