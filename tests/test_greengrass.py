@@ -290,3 +290,18 @@ def test_token_exchange_role_additions_use_no_wildcard_actions():
     actions = [s["Action"] for s in policy["Statement"]]
     assert actions == ["transcribe:StartStreamTranscription", "s3:GetObject"]
     assert policy["Statement"][1]["Resource"].startswith("arn:aws:s3:::voicebot-components-")
+
+
+def test_ipc_callbacks_run_on_one_thread_so_messages_stay_in_order(monkeypatch):
+    import awsiot.greengrasscoreipc.clientv2 as clientv2
+
+    made = {}
+
+    def fake_client(*, executor):
+        made["executor"] = executor
+        return create_autospec(GreengrassCoreIPCClientV2, instance=True)
+
+    monkeypatch.setattr(clientv2, "GreengrassCoreIPCClientV2", fake_client)
+    IpcTransport()
+    assert made["executor"]._max_workers == 1
+    made["executor"].shutdown()

@@ -216,3 +216,47 @@ def test_what_the_monitor_and_the_player_remember_is_bounded(topics):
     assert len(player.events) == KEEP_EVENTS and len(player.timeline) == KEEP_EVENTS
     assert player.events[-1].detail and "bad message" in player.events[-1].detail
 
+
+
+class BrokenSink(NullSink):
+    """An output whose device went away mid-sentence (a USB speaker unplugged)."""
+
+    async def play(self, samples) -> None:
+        raise OSError("PortAudio: device unavailable")
+
+
+def test_a_failed_speaker_is_reopened_and_the_next_answer_plays(topics, tmp_path):
+    transport = MemoryTransport()
+    reopened = WavSink(tmp_path / "after.wav")
+    first, second = new_request_id(), new_request_id()
+
+    async def main() -> None:
+        done, failed = asyncio.Event(), asyncio.Event()
+
+        def on_event(e) -> None:
+            if e.type == "error" and "audio output failed" in (e.detail or ""):
+                failed.set()
+            if e.type == "played" and e.request_id == second and e.seq is None:
+                done.set()
+
+        player = Player(transport, topics, BrokenSink(realtime=False), reopen=lambda: reopened, on_event=on_event)
+        stop = asyncio.Event()
+        task = asyncio.create_task(player.run(stop))
+        await asyncio.wait_for(player.ready.wait(), 10)
+        for m in split_audio(request_id=first, seq=0, last=True, text="하나", audio=tone(0.1, 5),
+                             format="pcm_s16le", sample_rate=16_000):
+            transport.deliver(topics.audio, encode(m))
+        await asyncio.wait_for(failed.wait(), 10)  # the failure is reported, and the output reopened meanwhile
+        await player._reopening
+        assert player.sink is reopened
+        for m in split_audio(request_id=second, seq=0, last=True, text="둘", audio=tone(0.2, 700),
+                             format="pcm_s16le", sample_rate=16_000):
+            transport.deliver(topics.audio, encode(m))
+        await asyncio.wait_for(done.wait(), 10)
+        stop.set()
+        await task
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    reopened.close()
+    played, _ = sf.read(tmp_path / "after.wav", dtype="int16")
+    assert list(np.unique(played)) == [700] and len(played) == 3200

@@ -138,11 +138,12 @@ def cmd_player(args: argparse.Namespace) -> int:
     transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}", wait_forever=True)
     sink = open_sink(args.sink)
     player = Player(transport, Topics(args.topic_root, args.thing), sink,
-                    PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume))
+                    PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume),
+                    reopen=lambda: open_sink(args.sink))
     try:
         _run_until_signal(player.run)
     finally:
-        sink.close()
+        player.sink.close()
         transport.close()
     return 0
 

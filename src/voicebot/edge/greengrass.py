@@ -154,7 +154,8 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
             from voicebot.edge.player import Player
 
             try:
-                asyncio.run(_serve(lambda t: Player(t, topics, sink), transport, config))
+                asyncio.run(_serve(lambda t: Player(t, topics, sink, reopen=lambda: open_sink(args.sink)), transport,
+                                   config))
             finally:
                 sink.close()
         else:

@@ -63,7 +63,10 @@ class Player:
 
     def __init__(self, transport: Transport, topics: Topics, sink: AudioSink, settings: PlayerSettings | None = None,
                  *, clock: Callable[[], float] = time.monotonic,
-                 on_event: Callable[[EventMessage], None] | None = None) -> None:
+                 on_event: Callable[[EventMessage], None] | None = None,
+                 reopen: Callable[[], AudioSink] | None = None) -> None:
+        """``reopen`` opens the audio output again after it failed (a USB speaker unplugged and plugged back):
+        until it succeeds, sentences are skipped at once instead of waiting on a dead device."""
         self.transport = transport
         self.topics = topics
         self.sink = sink
@@ -83,6 +86,8 @@ class Player:
         self._playing: asyncio.Task[None] | None = None
         self._playing_sentence: SentenceAudio | None = None
         self._cancelled: set[asyncio.Task[None]] = set()  # interrupted playbacks, kept until they have wound down
+        self.reopen = reopen
+        self._reopening: asyncio.Task[None] | None = None
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Live settings from the component configuration; a bad value keeps the current one (logged once)."""
@@ -184,6 +189,9 @@ class Player:
     async def _play(self, sentence: SentenceAudio) -> bool:
         """Decode (in a thread: OGG decoding and resampling take milliseconds the loop needs), then play. False when
         the sentence could not be decoded: it is skipped."""
+        if self._reopening is not None:
+            self._emit("skipped", sentence.request_id, sentence.seq, detail="audio output unavailable")
+            return False
         try:
             samples = await asyncio.to_thread(self._prepare, sentence, self.volume)
         except AudioError as exc:
@@ -205,6 +213,8 @@ class Player:
         if task is not None and not task.cancelled() and task.exception() is not None:
             log.error("player: sink failed: %s", task.exception())
             self._emit("error", detail=f"audio output failed: {task.exception()}")
+            if self.reopen is not None and self._reopening is None:
+                self._reopening = asyncio.create_task(self._reopen_sink())
         elif task is not None and not task.cancelled() and task.result() and sentence is not None:
             self._emit("played", sentence.request_id, sentence.seq, last=sentence.last)
         self.queue.playback_done(self.clock())
@@ -217,7 +227,27 @@ class Player:
             task.add_done_callback(self._cancelled.discard)
             self._playing, self._playing_sentence = None, None
 
+    async def _reopen_sink(self, retry_s: float = 2.0) -> None:
+        """Close the failed output and open it again, retrying quietly until it is back."""
+        assert self.reopen is not None
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.sink.close)
+        tries = 0
+        while True:
+            try:
+                self.sink = await asyncio.to_thread(self.reopen)
+                break
+            except (AudioError, OSError) as exc:
+                tries += 1
+                if tries == 1:
+                    log.error("player: audio output cannot be reopened yet (%s); retrying every %.0f s", exc, retry_s)
+                await asyncio.sleep(retry_s)  # a device plugged back in is found at the next try
+        log.info("player: audio output is back")
+        self._reopening = None
+
     async def _stop_playing(self) -> None:
+        if self._reopening is not None:
+            self._reopening.cancel()
         self._interrupt()
         for task in list(self._cancelled):
             with contextlib.suppress(asyncio.CancelledError):

@@ -18,7 +18,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
@@ -322,7 +322,10 @@ class IpcTransport:
             from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
             try:
-                client = GreengrassCoreIPCClientV2()
+                # One callback thread: messages reach the handlers in the order they arrived (the default pool of
+                # threads may reorder two sentences). The handlers only hand messages to a loop, so one is enough.
+                client = GreengrassCoreIPCClientV2(executor=ThreadPoolExecutor(max_workers=1,
+                                                                               thread_name_prefix="ipc-callbacks"))
             except Exception as exc:  # the SDK raises plain exceptions when the Greengrass env vars are missing
                 raise TransportError(f"cannot connect to Greengrass IPC (not running under Greengrass?): {exc}") from exc
         self.client = client
