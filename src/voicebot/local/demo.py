@@ -111,9 +111,16 @@ async def play_turn(broker_url: str, topics: Topics, sink: AudioSink, settings: 
                     audio: Path | None = None, stt: SttBackend | None = None) -> TurnWatcher:
     """One turn: publish ``transcript`` (or let the interpreter hear ``audio``), then wait until it has been played."""
     connection = ConnectionSettings(broker=broker_url)
-    player_transport = Mqtt5Transport(connection, client_id=f"voicebot-player-{topics.thing}")
-    console = Mqtt5Transport(connection, client_id="voicebot-demo-console")
-    interpreter_transport = Mqtt5Transport(connection, client_id=f"voicebot-interpreter-{topics.thing}") if audio else None
+
+    def transport(client_id: str) -> Mqtt5Transport:
+        return Mqtt5Transport(connection, client_id=client_id)
+
+    # Connecting waits for the CONNACK: in threads, never on this loop.
+    player_transport, console = await asyncio.gather(
+        asyncio.to_thread(transport, f"voicebot-player-{topics.thing}"),
+        asyncio.to_thread(transport, "voicebot-demo-console"))
+    interpreter_transport = (await asyncio.to_thread(transport, f"voicebot-interpreter-{topics.thing}")
+                             if audio else None)
     stop = asyncio.Event()
     player = Player(player_transport, topics, sink)
     tasks = [asyncio.create_task(player.run(stop))]
@@ -122,7 +129,7 @@ async def play_turn(broker_url: str, topics: Topics, sink: AudioSink, settings: 
         inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         handler = handoff_to_loop(asyncio.get_running_loop(), inbox)
         for topic in (topics.transcript, topics.answer, topics.audio, topics.event):
-            console.subscribe(topic, QOS_AT_LEAST_ONCE, handler)
+            await asyncio.to_thread(console.subscribe, topic, QOS_AT_LEAST_ONCE, handler)
         watcher = TurnWatcher(transcript.request_id if transcript else None,
                               on_sentence=lambda seq, text: echo(f"  [{seq}] {text}"),
                               on_transcript=None if transcript else lambda text: echo(f"you (heard): {text}"))
