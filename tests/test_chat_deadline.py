@@ -22,7 +22,7 @@ from tests.test_cloud_lambdas import (
     transcript,
 )
 from voicebot.cloud.chat import APOLOGY, ChatSettings, answer_budget
-from voicebot.cloud.llm import BedrockModels, LlmSettings
+from voicebot.cloud.llm import MAX_READ_WAIT_S, BedrockModels, LlmSettings
 
 
 class SilentEndpoint:
@@ -116,10 +116,26 @@ def test_bedrock_client_timeouts_and_attempts_fit_the_budget(monkeypatch):
     models = BedrockModels(LlmSettings(region=REGION), keep=2)
     model = models(7.9)
     config = model.client.meta.config
-    assert config.read_timeout == 7 and config.connect_timeout <= 3
+    assert config.read_timeout == MAX_READ_WAIT_S and config.connect_timeout <= 3  # both within the budget
+    assert models(2.5).client.meta.config.read_timeout == 2
     # total_max_attempts counts the first try; botocore's max_attempts would have meant one more
     assert config.retries["total_max_attempts"] == 2
     assert models(7.2) is model  # one client per whole second of budget
-    models(3)
     models(12)
     assert len(models) == 2  # bounded
+
+
+def test_a_model_that_stalls_mid_answer_is_cut_at_the_deadline_with_an_apology(tmp_path):
+    from tests.test_chat_once import Collect, event
+    from voicebot.cloud.chat import ChatDeps, answer_transcript
+    from voicebot.cloud.history import SqliteHistory
+    from voicebot.cloud.llm import LoopbackChatModel
+
+    slow = LoopbackChatModel(answer="첫 문장이에요. 둘째 문장은 아주 천천히 나와요.", tokens_per_s=2.0)  # 0.5 s a word
+    publisher = Collect()
+    deps = ChatDeps(model=slow, history=SqliteHistory(tmp_path / "h.sqlite"), publisher=publisher,
+                    settings=ChatSettings(deadline_s=1.2))
+    outcome = answer_transcript(event("pi-1", "천천히 말해 봐"), deps)
+    assert outcome is not None and "did not finish in time" in outcome.error
+    answers = publisher.answers(outcome.request_id)
+    assert [a["text"] for a in answers][-1] == APOLOGY and answers[-1]["last"] is True

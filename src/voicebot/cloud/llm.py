@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import queue
 import re
 import threading
 import time
@@ -117,52 +116,53 @@ class ModelTimeout(TimeoutError):
 
 
 def stream_until(model: BaseChatModel, messages: list[BaseMessage], deadline: float) -> Iterator[str]:
-    """The model's streamed text, never waiting past ``deadline`` (``time.monotonic()``), not even for the first token.
+    """The model's streamed text, never waiting past ``deadline`` (``time.monotonic()``) for the first token.
 
-    A hung HTTP read cannot be interrupted, so the model is advanced in a helper thread, one chunk per request: the
-    model only works ahead of the caller by the chunk being asked for (the answer streams exactly as before), and
-    when the caller gives up the helper ends as soon as the stuck read returns (the client's own timeouts bound that).
+    Waiting for the first token is where a model endpoint hangs (a cold profile, a black-holed connection), and a
+    hung HTTP read cannot be interrupted: so the first chunk is fetched by a helper thread and waited for with a
+    timeout. The rest streams in the caller's thread, exactly as the model produces it (no hand-off per token: a
+    hundred concurrent answers in one process must not pay thread switches on every token); the deadline is checked
+    between chunks, and a stall between chunks is bounded by the client's read timeout (``MAX_READ_WAIT_S``).
     """
-    wanted: queue.Queue[bool] = queue.Queue()  # holds at most two items: a request and the stop
-    results: queue.Queue[tuple[str, Any]] = queue.Queue()  # at most one item: one per request
+    chunks = model.stream(messages)
+    got: list[Any] = []
+    arrived = threading.Event()
 
-    def advance() -> None:
-        chunks = model.stream(messages)
+    def first() -> None:
         try:
-            while wanted.get():
-                try:
-                    item: tuple[str, Any] = ("text", next(chunks).text)
-                except StopIteration:
-                    item = ("end", None)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
-                    item = ("error", exc)
-                results.put(item)
-                if item[0] != "text":
-                    return
-        finally:
-            chunks.close()
+            got.append(("text", next(chunks).text))
+        except StopIteration:
+            got.append(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread as is
+            got.append(("error", exc))
+        arrived.set()
 
-    threading.Thread(target=advance, name="model-stream", daemon=True).start()
+    threading.Thread(target=first, name="model-first-token", daemon=True).start()
+    if not arrived.wait(max(0.0, deadline - time.monotonic())):
+        raise ModelTimeout("the model did not answer in time")  # (the helper ends when the stuck read gives up)
+    kind, value = got[0]
+    if kind == "error":
+        raise value
+    if kind == "end":
+        return
     try:
-        while True:
-            wanted.put(True)
-            left = deadline - time.monotonic()
-            try:
-                kind, value = results.get(timeout=max(left, 0.0))
-            except queue.Empty:
-                raise ModelTimeout("the model did not answer in time") from None
-            if kind == "end":
-                return
-            if kind == "error":
-                raise value
-            yield value
+        yield value
+        for chunk in chunks:
+            if time.monotonic() > deadline:
+                raise ModelTimeout("the model did not finish in time")
+            yield chunk.text
     finally:
-        wanted.put(False)  # the helper stops at its next request
+        chunks.close()  # (the helper is done with it: it handed over the first chunk)
+
+
+#: Longest silence a model stream may keep between two reads (botocore's read timeout): a stall mid-answer is then
+#: noticed within the chat's reserve time.
+MAX_READ_WAIT_S = 5.0
 
 
 def bedrock_model(settings: LlmSettings, *, client: Any = None) -> BaseChatModel:
     """Claude through Bedrock's ConverseStream. ``settings.timeout_s`` is the answer's whole budget: no read waits
-    longer, and a retry (throttling, a dropped connection) happens only once."""
+    longer (nor longer than ``MAX_READ_WAIT_S``), and a retry (throttling, a dropped connection) happens only once."""
     from botocore.config import Config
     from langchain_aws import ChatBedrockConverse
 
@@ -170,7 +170,7 @@ def bedrock_model(settings: LlmSettings, *, client: Any = None) -> BaseChatModel
     config = Config(
         # total_max_attempts counts the first try (botocore's max_attempts counts retries only)
         retries={"mode": "adaptive", "total_max_attempts": 2},
-        connect_timeout=min(3.0, budget), read_timeout=budget,
+        connect_timeout=min(3.0, budget), read_timeout=min(budget, MAX_READ_WAIT_S),
     )
     kwargs: dict[str, Any] = dict(
         model=settings.model_id, region_name=settings.region, temperature=settings.temperature,

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: Recent events kept for tests and the benchmark (the events themselves go out on the event topic).
 KEEP_EVENTS = 256
+#: Sentences up to this size are decoded on the loop (well under a millisecond); bigger ones in a thread.
+INLINE_DECODE_BYTES = 48_000
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -187,13 +189,15 @@ class Player:
         self._playing = asyncio.create_task(self._play(sentence))
 
     async def _play(self, sentence: SentenceAudio) -> bool:
-        """Decode (in a thread: OGG decoding and resampling take milliseconds the loop needs), then play. False when
-        the sentence could not be decoded: it is skipped."""
+        """Decode, then play. False when the sentence could not be decoded: it is skipped."""
         if self._reopening is not None:
             self._emit("skipped", sentence.request_id, sentence.seq, detail="audio output unavailable")
             return False
         try:
-            samples = await asyncio.to_thread(self._prepare, sentence, self.volume)
+            if len(sentence.data) > INLINE_DECODE_BYTES:  # a long OGG takes tens of ms to decode: not on the loop
+                samples = await asyncio.to_thread(self._prepare, sentence, self.volume)
+            else:  # a short one is quicker than the hand-off to a thread (a hundred players in one process)
+                samples = self._prepare(sentence, self.volume)
         except AudioError as exc:
             log.error("player: %s", exc)
             self._emit("skipped", sentence.request_id, sentence.seq, detail=str(exc))
