@@ -201,6 +201,8 @@ def test_player_over_ipc_subscribes_right_and_applies_a_configuration_update_liv
 
     player = asyncio.run(main())
     assert player.volume == 0.25 and player.queue.gap_timeout_s == 1.5
+    on_error = ipc.subscribe_to_configuration_update.call_args.kwargs["on_stream_error"]
+    assert on_error(RuntimeError("stream broke")) is False  # logged; the update stream stays open
     subscribed = {c.kwargs["topic_name"]: c.kwargs["qos"] for c in ipc.subscribe_to_iot_core.call_args_list}
     assert subscribed == {topics.audio: QOS.AT_LEAST_ONCE, topics.event: QOS.AT_LEAST_ONCE,
                           topics.command: QOS.AT_LEAST_ONCE}

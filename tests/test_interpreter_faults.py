@@ -13,7 +13,7 @@ from tests.test_hostile_device import MemoryTransport
 from tests.test_interpreter import SCRIPT, FakeTranscribeClient, FakeTranscribeStream, PushSource
 from voicebot.edge.audio import FrameRing
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
-from voicebot.edge.stt import RetryPolicy, TranscribeBackend
+from voicebot.edge.stt import RetryPolicy, SttResult, TranscribeBackend
 from voicebot.protocol import EventMessage, Topics, TranscriptMessage, decode
 
 QUICK = RetryPolicy(first_delay_s=0.01, max_delay_s=0.02, attempts=2, open_timeout_s=0.2, end_timeout_s=0.3)
@@ -135,3 +135,90 @@ def test_the_microphone_ring_drops_the_oldest_blocks_and_never_raises():
     assert dropped == 250 and got == [bytes([i % 256]) for i in range(250, 300)]
 
 
+
+
+class ScriptedSession:
+    """A recognizer session that says ``partial`` once audio arrives and ``final`` when the audio ends."""
+
+    def __init__(self, partial: str, final: str) -> None:
+        self.partial, self.final = partial, final
+        self.results_queue: asyncio.Queue = asyncio.Queue()
+        self.sent = 0
+
+    async def send(self, pcm: bytes) -> None:
+        self.sent += 1
+        if self.sent == 5:
+            await self.results_queue.put(SttResult(self.partial, final=False))
+
+    async def finish(self) -> None:
+        await self.results_queue.put(SttResult(self.final, final=True))
+        await self.results_queue.put(None)
+
+    async def results(self):
+        while (item := await self.results_queue.get()) is not None:
+            yield item
+
+    async def close(self) -> None:
+        pass
+
+
+class ScriptedBackend:
+    def __init__(self, name: str, partial: str, final: str) -> None:
+        self.name, self.partial, self.final = name, partial, final
+        self.sessions: list[ScriptedSession] = []
+
+    async def open(self) -> ScriptedSession:
+        self.sessions.append(ScriptedSession(self.partial, self.final))
+        return self.sessions[-1]
+
+
+def test_the_rest_of_the_stop_word_does_not_become_a_question():
+    transport, source = MemoryTransport(), PushSource()
+    questions = ScriptedBackend("questions", "해 줘", "해 줘")  # what the rest of the word would be heard as
+    stop_words = ScriptedBackend("stop", "그만", "그만 해 줘")
+    interpreter = Interpreter(transport, TOPICS, source, questions,
+                              InterpreterSettings(retry=QUICK, stop_word_enabled=True, stop_word="그만"),
+                              stop_word_stt=stop_words)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(interpreter.run(stop))
+        await asyncio.wait_for(source.idle.wait(), 10)
+        interpreter._on_player_state(speaking())
+        source.push(utterance())  # "그만 해 줘" while the device speaks: the stop word is heard early in it
+        await asyncio.wait_for(source.idle.wait(), 10)
+        await interpreter.drain()
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    controls = [p for t, p in transport.sent if t == TOPICS.control]
+    assert len(controls) == 1  # the answer was cancelled once
+    assert not questions.sessions  # and what followed the stop word never reached the question recognizer
+    assert not sent(transport, TranscriptMessage, TOPICS.transcript)
+
+
+def test_an_utterance_cut_by_the_device_speaking_ends_its_transcribe_stream():
+    stream = FakeTranscribeStream(SCRIPT)
+    transport, source = MemoryTransport(), PushSource()
+    interpreter = Interpreter(transport, TOPICS, source,
+                              TranscribeBackend(client_factory=lambda: FakeTranscribeClient([stream])),
+                              InterpreterSettings(retry=QUICK))
+    frames = frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨 어때요"))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(interpreter.run(stop))
+        await asyncio.wait_for(source.idle.wait(), 10)
+        source.push(frames[: len(frames) * 2 // 3])  # mid-sentence...
+        await asyncio.wait_for(source.idle.wait(), 10)
+        interpreter._on_player_state(speaking())  # ...the device starts to speak
+        source.push(frames[len(frames) * 2 // 3:])
+        await asyncio.wait_for(source.idle.wait(), 10)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    assert stream.chunks and stream.ended  # the aborted request stream was ended, not left open
+    assert not sent(transport, TranscriptMessage, TOPICS.transcript) or all(
+        m.state == "proceeding" for m in sent(transport, TranscriptMessage, TOPICS.transcript))
