@@ -11,8 +11,8 @@ import pytest
 from langchain_core.messages import BaseMessage
 
 from voicebot.cloud.llm import LoopbackChatModel
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
 from voicebot.local.broker import MosquittoBroker
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import Topics
 
 

@@ -17,8 +17,8 @@ from tests.conftest import Recorder
 from tests.test_player import audio
 from voicebot.edge.audio import WavSink
 from voicebot.edge.player import Player, PlayerSettings
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
 from voicebot.local.broker import MosquittoBroker, free_port
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import QOS_AT_LEAST_ONCE, Topics, encode, new_request_id
 
 TOPICS = Topics("voicebot", "outage-pi")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.test_hostile_device import MemoryTransport
 from tests.test_player import audio
 from voicebot.edge.audio import NullSink
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.player import Player, PlayerSettings
+from voicebot.messaging import MemoryTransport
 from voicebot.protocol import PlayerStateMessage, decode, encode, new_request_id
 
 

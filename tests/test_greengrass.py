@@ -34,7 +34,7 @@ from voicebot import gg_build
 from voicebot.edge.audio import NullSink
 from voicebot.edge.greengrass import ComponentConfig
 from voicebot.edge.player import Player
-from voicebot.edge.transport import IpcTransport
+from voicebot.messaging import IpcTransport
 from voicebot.monitor import MonitorFormatter
 from voicebot.protocol import (
     AnswerMessage,

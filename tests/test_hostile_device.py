@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
-from concurrent.futures import Future
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from tests.test_player import audio, finished, run_player, tone
 from voicebot.edge.audio import AudioError, NullSink, WavSink, decode_sentence
 from voicebot.edge.playback import Finished, Play, PlaybackQueue, Skip
 from voicebot.edge.player import KEEP_EVENTS, Player, PlayerSettings
+from voicebot.messaging import MemoryTransport
 from voicebot.protocol import (
     MAX_DETAIL_CHARS,
     MAX_MESSAGE_BYTES,
@@ -31,32 +30,6 @@ from voicebot.protocol import (
     now_ms,
     split_audio,
 )
-
-
-class MemoryTransport:
-    """An in-memory double of the Transport port: delivers what the test publishes, keeps what the player publishes
-    and does not echo it back (an MQTT subscription with no-local), so the loop gets no help from its own events."""
-
-    def __init__(self) -> None:
-        self.handlers: list[tuple[str, Any]] = []
-        self.sent: list[tuple[str, bytes]] = []
-
-    def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
-        self.sent.append((topic, payload))
-        done: Future[None] = Future()
-        done.set_result(None)
-        return done
-
-    def subscribe(self, topic_filter: str, qos: int, handler: Any) -> None:
-        self.handlers.append((topic_filter, handler))
-
-    def deliver(self, topic: str, payload: bytes) -> None:
-        for topic_filter, handler in self.handlers:
-            if topic_filter == topic:
-                handler(topic, payload)
-
-    def close(self) -> None:
-        pass
 
 
 def future_id(minutes: int) -> str:

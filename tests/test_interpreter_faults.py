@@ -9,11 +9,11 @@ import threading
 
 from tests.speech_fixtures import frames_of, silence, spoken
 from tests.test_echo_guard import speaking
-from tests.test_hostile_device import MemoryTransport
 from tests.test_interpreter import SCRIPT, FakeTranscribeClient, FakeTranscribeStream, PushSource
 from voicebot.edge.audio import FrameRing
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import RetryPolicy, SttResult, TranscribeBackend
+from voicebot.messaging import MemoryTransport
 from voicebot.protocol import EventMessage, Topics, TranscriptMessage, decode
 
 QUICK = RetryPolicy(first_delay_s=0.01, max_delay_s=0.02, attempts=2, open_timeout_s=0.2, end_timeout_s=0.3)

@@ -139,8 +139,8 @@ def test_player_command_waits_for_a_broker_that_is_not_up_yet(tmp_path):
     import sys
     import threading
 
-    from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
     from voicebot.local.broker import MosquittoBroker, free_port
+    from voicebot.messaging import ConnectionSettings, Mqtt5Transport
     from voicebot.protocol import Topics
 
     port = free_port()

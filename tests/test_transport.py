@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import Recorder
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport, Outbox
 from voicebot.local.broker import MosquittoBroker, free_port
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport, Outbox
 
 
 def test_reconnect_resubscribes_and_sends_what_was_queued_while_down():

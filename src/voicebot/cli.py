@@ -13,7 +13,7 @@ from pathlib import Path
 
 from voicebot.edge.audio import AudioError
 from voicebot.edge.settings import InterpreterConfig, PlayerConfig
-from voicebot.edge.transport import ConnectionSettings, TransportError
+from voicebot.messaging import ConnectionSettings, TransportError
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
 log = logging.getLogger("voicebot")
@@ -133,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_player(args: argparse.Namespace) -> int:
     from voicebot.edge.audio import open_sink
     from voicebot.edge.player import Player, PlayerSettings
-    from voicebot.edge.transport import connect
+    from voicebot.messaging import connect
 
     transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}", wait_forever=True)
     sink = open_sink(args.sink)
@@ -152,8 +152,8 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     from voicebot.edge.audio import open_source
     from voicebot.edge.interpreter import Interpreter, InterpreterSettings
     from voicebot.edge.stt import open_stt
-    from voicebot.edge.transport import connect
     from voicebot.edge.vad import VadSettings
+    from voicebot.messaging import connect
 
     settings = InterpreterSettings(
         vad=VadSettings(engine=args.vad, aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
@@ -177,7 +177,7 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from voicebot.edge.transport import connect, handoff_to_loop
+    from voicebot.messaging import connect, handoff_to_loop
     from voicebot.monitor import MonitorFormatter
     from voicebot.protocol import everything_filter
 

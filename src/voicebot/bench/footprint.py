@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from voicebot.bench.synthetic import ANSWER
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import QOS_AT_LEAST_ONCE, Topics, encode, new_request_id, split_audio
 from voicebot.sentences import split_sentences
 

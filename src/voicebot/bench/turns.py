@@ -17,9 +17,9 @@ from voicebot.bench.synthetic import ANSWER, SyntheticChatModel, SyntheticTts
 from voicebot.cloud.history import SqliteHistory
 from voicebot.edge.audio import NullSink
 from voicebot.edge.player import Player
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
 from voicebot.local.broker import MosquittoBroker
 from voicebot.local.cloud import LocalCloud
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
     EventMessage,

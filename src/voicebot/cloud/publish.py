@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from voicebot.edge.transport import Transport, publish_and_wait
+from voicebot.messaging import Transport, publish_and_wait
 from voicebot.protocol import MAX_SEQ, QOS_AT_LEAST_ONCE, EventMessage, Message, Topics, encode
 
 log = logging.getLogger(__name__)

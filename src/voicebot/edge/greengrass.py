@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from voicebot.edge.settings import InterpreterConfig, PlayerConfig
-from voicebot.edge.transport import ConnectionSettings, IpcTransport, Transport, connect
+from voicebot.messaging import ConnectionSettings, IpcTransport, Transport, connect
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from typing import Any
 from voicebot.edge.audio import AudioError, AudioSource
 from voicebot.edge.settings import InterpreterConfig
 from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
-from voicebot.edge.transport import Outbox, Transport
 from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
+from voicebot.messaging import Outbox, Transport, subscribe
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
     QOS_AT_MOST_ONCE,
@@ -103,8 +103,8 @@ class Interpreter:
     async def run(self, stop: asyncio.Event) -> None:
         """Listen until ``stop`` is set or the source ends (a WAV file); then send everything still pending."""
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self.transport.subscribe, self.topics.player_state, QOS_AT_MOST_ONCE,
-                                lambda _t, payload: loop.call_soon_threadsafe(self._on_player_state, payload))
+        await subscribe(self.transport, self.topics.player_state, QOS_AT_MOST_ONCE,
+                        lambda _t, payload: loop.call_soon_threadsafe(self._on_player_state, payload))
         log.info("interpreter listening on %s with %s", self.source.description, self.stt.name)
         pump = asyncio.create_task(self._pump())
         stopper = asyncio.create_task(stop.wait())

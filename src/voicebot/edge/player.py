@@ -19,7 +19,7 @@ from typing import Any
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
 from voicebot.edge.playback import Action, Finished, Interrupted, Play, PlaybackQueue, Skip
 from voicebot.edge.settings import PlayerConfig
-from voicebot.edge.transport import Outbox, Transport, handoff_to_loop
+from voicebot.messaging import Outbox, Transport, handoff_to_loop, subscribe
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
     QOS_AT_MOST_ONCE,
@@ -100,8 +100,8 @@ class Player:
         loop = asyncio.get_running_loop()
         handler = handoff_to_loop(loop, self._inbox)
         for topic in (self.topics.audio, self.topics.event, self.topics.command):
-            await asyncio.to_thread(self.transport.subscribe, topic, QOS_AT_LEAST_ONCE, handler)  # (waits for SUBACK)
-        await asyncio.to_thread(self.transport.subscribe, self.topics.control, QOS_AT_MOST_ONCE, handler)
+            await subscribe(self.transport, topic, QOS_AT_LEAST_ONCE, handler)
+        await subscribe(self.transport, self.topics.control, QOS_AT_MOST_ONCE, handler)
         self._set_state("idle", None)
         self.ready.set()
         log.info("player ready on %s", self.topics.audio)

@@ -20,8 +20,8 @@ from voicebot.cloud.history import HistoryStore
 from voicebot.cloud.publish import TransportPublisher
 from voicebot.cloud.speech import SpeechDeps, SpeechSettings, speak_sentence
 from voicebot.cloud.tts import Tts
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport
 from voicebot.local.rules import RulesEngine, load_rules
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 
 log = logging.getLogger(__name__)
 

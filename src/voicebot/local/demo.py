@@ -22,9 +22,9 @@ from voicebot.edge.audio import AudioSink, WavSink, WavSource
 from voicebot.edge.interpreter import Interpreter
 from voicebot.edge.player import Player
 from voicebot.edge.stt import SttBackend, VoskBackend
-from voicebot.edge.transport import ConnectionSettings, Mqtt5Transport, handoff_to_loop
 from voicebot.local.broker import MosquittoBroker
 from voicebot.local.cloud import LocalCloud
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport, handoff_to_loop
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
     AnswerMessage,

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from voicebot.edge.transport import Transport
+from voicebot.messaging import Transport
 from voicebot.protocol import QOS_AT_LEAST_ONCE, topic_matches
 
 log = logging.getLogger(__name__)

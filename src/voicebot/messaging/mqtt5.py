@@ -1,123 +1,20 @@
-"""Message transports behind one small interface: publish bytes with QoS, subscribe with a callback, close.
-
-* ``Mqtt5Transport``: MQTT5 through awscrt, plain TCP to a local broker or mTLS to AWS IoT Core.
-* ``IpcTransport``: Greengrass IPC (``GreengrassCoreIPCClientV2``); device-local topics go over local pub/sub,
-  everything else to IoT Core through the nucleus's own connection.
-
-Callbacks run on SDK threads. Components hand them off to their asyncio loop with ``handoff_to_loop``.
-Reconnecting is the transport's job alone: awscrt's MQTT5 client reconnects with capped exponential backoff, and this
-module re-subscribes whenever a reconnect did not resume the session.
-"""
+"""The MQTT5 adapter (awscrt): plain TCP to a local broker, or mTLS to AWS IoT Core."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from voicebot.protocol import is_device_local, topic_matches
+from voicebot.messaging import ConnectionSettings, MessageHandler, TransportError, _map_future
+from voicebot.protocol import topic_matches
 
 log = logging.getLogger(__name__)
-
-MessageHandler = Callable[[str, bytes], None]
-
-
-class TransportError(RuntimeError):
-    pass
-
-
-@runtime_checkable
-class Transport(Protocol):
-    def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
-        """Send one message. Thread-safe. The future completes when the message is acknowledged (QoS1) or sent."""
-
-    def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
-        """Receive messages matching ``topic_filter``. ``handler(topic, payload)`` runs on an SDK thread."""
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ConnectionSettings:
-    """How to reach the message broker: ``broker`` for plain MQTT5, or ``endpoint``+``cert``+``key`` for IoT Core."""
-
-    broker: str | None = None
-    """``mqtt://HOST:PORT`` of a plain MQTT5 broker (a local mosquitto)."""
-    endpoint: str | None = None
-    """AWS IoT Core data endpoint (``xxxx-ats.iot.<region>.amazonaws.com``)."""
-    cert: str | None = None
-    key: str | None = None
-    ca: str | None = None
-    ipc: bool = False
-    """Use Greengrass IPC (inside a Greengrass component)."""
-
-
-def handoff_to_loop(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, bytes]]) -> MessageHandler:
-    """A transport callback that only hands the message to the asyncio loop (SDK threads must not do the work)."""
-
-    def handler(topic: str, payload: bytes) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (topic, payload))
-
-    return handler
-
-
-def publish_and_wait(transport: Transport, topic: str, payload: bytes, qos: int, timeout: float = 10.0) -> None:
-    """Blocking publish, for synchronous callers such as the handlers in the local rules engine."""
-    transport.publish(topic, payload, qos).result(timeout=timeout)
-
-
-class Outbox:
-    """Publishes without blocking the caller's loop, logs failures, and can wait until everything went out.
-
-    While the connection is down, QoS1 messages wait in the client's offline queue and go out on reconnect; at most
-    ``max_pending`` of them, so a device offline for hours does not grow without bound (newer ones are dropped).
-    """
-
-    def __init__(self, transport: Transport, owner: str, *, max_pending: int = 500) -> None:
-        self.transport = transport
-        self.owner = owner
-        self.max_pending = max_pending
-        self.dropped = 0
-        self._pending: set[Future[None]] = set()
-
-    @property
-    def pending(self) -> int:
-        return len(self._pending)
-
-    def send(self, topic: str, payload: bytes, qos: int) -> None:
-        if len(self._pending) >= self.max_pending:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 100 == 0:
-                log.error("%s: %d messages are waiting for the connection; dropped %d (latest to %s)", self.owner,
-                          len(self._pending), self.dropped, topic)
-            return
-        try:
-            future = self.transport.publish(topic, payload, qos)
-        except Exception as exc:  # the transport refused outright (closed): report, keep running
-            log.error("%s: publish to %s failed: %s", self.owner, topic, exc)
-            return
-        self._pending.add(future)
-
-        def done(f: Future[None]) -> None:
-            self._pending.discard(f)
-            if f.exception():
-                log.warning("%s: publish to %s failed: %s", self.owner, topic, f.exception())
-
-        future.add_done_callback(done)
-
-    async def drain(self, seconds: float = 30.0) -> None:
-        """Wait (at most ``seconds``) until every message handed over has been sent (QoS1: acknowledged)."""
-        pending = [asyncio.wrap_future(f) for f in list(self._pending)]
-        if pending:
-            await asyncio.wait(pending, timeout=seconds)
 
 
 @dataclass
@@ -298,92 +195,3 @@ def disable_nagle(peer: tuple[str, int]) -> None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (ImportError, OSError) as exc:
         log.debug("could not set TCP_NODELAY towards %s: %s", peer, exc)
-
-
-def _map_future(source: Future, fn: Callable) -> Future:
-    target: Future = Future()
-
-    def done(f: Future) -> None:
-        exc = f.exception()
-        if exc is not None:
-            target.set_exception(exc)
-        else:
-            target.set_result(fn(f.result()))
-
-    source.add_done_callback(done)
-    return target
-
-
-class IpcTransport:
-    """Greengrass IPC. IoT Core topics through ``*_iot_core``; device-local topics through local pub/sub."""
-
-    def __init__(self, client=None) -> None:
-        if client is None:
-            from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
-
-            try:
-                # One callback thread: messages reach the handlers in the order they arrived (the default pool of
-                # threads may reorder two sentences). The handlers only hand messages to a loop, so one is enough.
-                client = GreengrassCoreIPCClientV2(executor=ThreadPoolExecutor(max_workers=1,
-                                                                               thread_name_prefix="ipc-callbacks"))
-            except Exception as exc:  # the SDK raises plain exceptions when the Greengrass env vars are missing
-                raise TransportError(f"cannot connect to Greengrass IPC (not running under Greengrass?): {exc}") from exc
-        self.client = client
-        self.description = "Greengrass IPC"
-        self._operations: list = []
-
-    def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
-        if is_device_local(topic):
-            from awsiot.greengrasscoreipc.model import BinaryMessage, PublishMessage
-
-            message = PublishMessage(binary_message=BinaryMessage(message=payload))
-            return _map_future(self.client.publish_to_topic_async(topic=topic, publish_message=message), lambda _: None)
-        return _map_future(
-            self.client.publish_to_iot_core_async(topic_name=topic, qos=_ipc_qos(qos), payload=payload), lambda _: None
-        )
-
-    def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
-        def on_error(exc: Exception) -> bool:
-            log.warning("IPC subscription %s error: %s", topic_filter, exc)
-            return False  # keep the stream open
-
-        if is_device_local(topic_filter):
-
-            def on_local(event) -> None:  # SubscriptionResponseMessage
-                msg = event.binary_message
-                if msg is not None:
-                    topic = msg.context.topic if msg.context else topic_filter
-                    handler(topic, bytes(msg.message))
-
-            _, op = self.client.subscribe_to_topic(topic=topic_filter, on_stream_event=on_local, on_stream_error=on_error)
-        else:
-
-            def on_iot(event) -> None:  # IoTCoreMessage
-                handler(event.message.topic_name, bytes(event.message.payload))
-
-            _, op = self.client.subscribe_to_iot_core(
-                topic_name=topic_filter, qos=_ipc_qos(qos), on_stream_event=on_iot, on_stream_error=on_error
-            )
-        self._operations.append(op)
-
-    def close(self) -> None:
-        for op in self._operations:
-            try:
-                op.close()
-            except Exception as exc:
-                log.debug("closing IPC stream: %s", exc)
-        self._operations.clear()
-        self.client.close()
-
-
-def _ipc_qos(qos: int) -> str:
-    from awsiot.greengrasscoreipc.model import QOS
-
-    return QOS.AT_LEAST_ONCE if qos else QOS.AT_MOST_ONCE
-
-
-def connect(settings: ConnectionSettings, *, client_id: str | None = None, wait_forever: bool = False) -> Transport:
-    """The one place that turns connection settings into a transport. Components wait for a broker that is down."""
-    if settings.ipc:
-        return IpcTransport()
-    return Mqtt5Transport(settings, client_id=client_id, wait_forever=wait_forever)
