@@ -222,3 +222,24 @@ def test_an_utterance_cut_by_the_device_speaking_ends_its_transcribe_stream():
     assert stream.chunks and stream.ended  # the aborted request stream was ended, not left open
     assert not sent(transport, TranscriptMessage, TOPICS.transcript) or all(
         m.state == "proceeding" for m in sent(transport, TranscriptMessage, TOPICS.transcript))
+
+
+
+
+def test_an_unexpected_failure_drops_the_utterance_and_listening_goes_on(caplog):
+    transport, source = MemoryTransport(), PushSource()
+    backend = ScriptedBackend("ok", "날씨", "날씨 어때요")
+    interpreter = Interpreter(transport, TOPICS, source, backend, InterpreterSettings(retry=QUICK))
+    original = interpreter._on_vad
+    calls = iter(range(10**6))
+
+    async def flaky(event):
+        if next(calls) < 3:
+            raise ZeroDivisionError("a bug")
+        await original(event)
+
+    interpreter._on_vad = flaky
+    asyncio.run(run_until_idle(interpreter, source, utterance() + utterance()))
+    completed = [m for m in sent(transport, TranscriptMessage, TOPICS.transcript) if m.state == "completed"]
+    assert completed and completed[-1].text == "날씨 어때요"  # the next utterance was heard
+    assert "a frame could not be handled" in caplog.text

@@ -120,10 +120,23 @@ class Interpreter:
         await self.drain()
 
     async def _pump(self) -> None:
+        """The microphone loop, supervised: a failing microphone is reopened after a pause; any other failure while
+        handling a frame drops that utterance, is logged (the first time and then every 100th), and listening goes on
+        with the next frame. Only the end of a WAV source ends it."""
+        failures = 0
         while True:
             try:
                 async for frame in self.source.frames():
-                    await self.process(frame)
+                    try:
+                        await self.process(frame)
+                    except (AudioError, OSError):
+                        raise
+                    except Exception as exc:
+                        failures += 1
+                        if failures == 1 or failures % 100 == 0:
+                            log.error("interpreter: a frame could not be handled (%s: %s; %d so far); the utterance "
+                                      "is dropped and listening goes on", type(exc).__name__, exc, failures)
+                        await self._abort_utterance()
                 for event in self.vad.flush():  # the file ended mid-utterance
                     await self._on_vad(event)
                 return
