@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSource
+from voicebot.edge.endpointing import looks_finished
 from voicebot.edge.settings import InterpreterConfig
+from voicebot.edge.stopword import StopWordListener
 from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
 from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
 from voicebot.messaging import Outbox, Transport, subscribe
@@ -58,6 +60,9 @@ class InterpreterSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     source_retry_s: float = 2.0
     """Wait before reopening a microphone that failed (unplugged, busy)."""
+    continuation_s: float = 2.0
+    """After a turn ended early (``VadSettings.early_end_ms``), speech within this long continues it: the early
+    answer is cancelled before it plays and the next transcript carries the whole question."""
 
 
 @dataclass
@@ -66,6 +71,16 @@ class _Utterance:
     transcriber: UtteranceTranscriber
     last_partial: str = ""
     last_partial_at: float = float("-inf")
+    heard: str = ""  # the latest words, unthrottled
+    prefix: str = ""  # the words of a preemptive transcript this utterance goes on from
+    preempted: bool = False  # its completed transcript already went out, from ``heard``
+
+
+@dataclass(frozen=True)
+class _Preempted:
+    request_id: str
+    text: str
+    at: float
 
 
 class Interpreter:
@@ -91,11 +106,12 @@ class Interpreter:
         self.published: deque[TranscriptMessage] = deque(maxlen=256)  # the latest (bounded: runs for months)
         self.state_changed = asyncio.Event()
         self._utterance: _Utterance | None = None
-        self._stop_vad = VadGate(self.settings.vad)
+        self.stop_word = StopWordListener(self.stop_word_stt, self.settings.vad, self.settings.retry,
+                                          self._check_stop_word, self._in_background)
         self._next_vad: VadGate | None = None
-        self._stop_utterance: UtteranceTranscriber | None = None
         self._finishing: set[asyncio.Task[None]] = set()  # utterances waiting for their final result
         self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
+        self._preempted: _Preempted | None = None  # the last turn that ended early, while it may still go on
         self.outbox = Outbox(transport, "interpreter")
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
@@ -166,11 +182,13 @@ class Interpreter:
         vad, s = self.settings.vad, self.settings
         new = InterpreterConfig(
             vad_engine=vad.engine, vad_aggressiveness=vad.aggressiveness, preroll_ms=vad.preroll_ms,
-            hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, echo_tail_s=s.echo_tail_s,
+            hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, early_end_ms=vad.early_end_ms,
+            echo_tail_s=s.echo_tail_s,
             stop_word=s.stop_word if s.stop_word_enabled else "",
         ).merged(config)
         new_vad = replace(vad, engine=new.vad_engine, aggressiveness=new.vad_aggressiveness,
-                          preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s)
+                          preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s,
+                          early_end_ms=new.early_end_ms)
         self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
         if new_vad != vad:
@@ -224,12 +242,13 @@ class Interpreter:
         self.frames_seen += 1
         # While the stop word is being said, all of it goes to the stop-word listener, even after the player has
         # stopped: the rest of "그만" must not become a question.
-        if self.muted() or self._stop_utterance is not None:
+        if self.muted() or self.stop_word.active:
             if self.vad.in_speech or self._utterance:
                 await self._abort_utterance()  # the device started talking: what follows would be its own voice
             self.vad.reset()
-            if self._stop_utterance is not None or (self.settings.stop_word_enabled and self.speaking):
-                await self._listen_for_stop_word(frame)
+            listening = self.stop_word.active or (self.settings.stop_word_enabled and self.speaking)
+            if listening and await self.stop_word.process(frame):  # it ended: the room may still ring with it
+                self.muted_until = max(self.muted_until, self.clock() + self.settings.echo_tail_s)
             return
         for event in self.vad.process(frame):
             await self._on_vad(event)
@@ -239,6 +258,7 @@ class Interpreter:
             if isinstance(event, SpeechStarted):
                 utterance = _Utterance(new_request_id(), UtteranceTranscriber(
                     self.stt, on_partial=lambda text: self._on_partial(utterance, text), retry=self.settings.retry))
+                self._continue_preempted(utterance)
                 self._utterance = utterance
                 self.utterances += 1
                 await utterance.transcriber.start()
@@ -252,9 +272,11 @@ class Interpreter:
                 utterance, self._utterance = self._utterance, None
                 if self._next_vad is not None:  # new VAD settings arrived mid-utterance
                     self.vad, self._next_vad = self._next_vad, None
+                speech_end = now_ms() - event.trailing_silence_ms
+                if event.reason == "early" and utterance.heard:
+                    self._preempt(utterance, speech_end)
                 previous = self._previous
-                self._previous = self._in_background(
-                    self._finish(utterance, now_ms() - event.trailing_silence_ms, after=previous))
+                self._previous = self._in_background(self._finish(utterance, speech_end, after=previous))
         except SttError as exc:
             log.error("speech recognition failed: %s", exc)
             self._emit_event("error", self._utterance.request_id if self._utterance else None,
@@ -271,14 +293,25 @@ class Interpreter:
             self._emit_event("error", utterance.request_id, detail=f"speech recognition failed: {exc}")
             await utterance.transcriber.abort()
             return
-        if text:
-            self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed", text=text,
-                                                    lang=self.settings.lang, speech_end_ts=speech_end))
+        if utterance.preempted:
+            if text and _words(text) != _words(utterance.heard):  # the final differs from what went out early
+                log.info("final result differs from the early transcript; sending it as a newer request")
+                self._send_transcript(TranscriptMessage(
+                    request_id=new_request_id(), state="completed", text=_joined(utterance.prefix, text),
+                    lang=self.settings.lang, speech_end_ts=speech_end))
+        elif text:
+            self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
+                                                    text=_joined(utterance.prefix, text), lang=self.settings.lang,
+                                                    speech_end_ts=speech_end))
         else:
             log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
 
     def _on_partial(self, utterance: _Utterance, text: str) -> None:
-        if utterance is not self._utterance or not text or text == utterance.last_partial:
+        if utterance is not self._utterance or not text:
+            return
+        utterance.heard = text
+        self.vad.early_end = looks_finished(text)  # finished-sounding words: a short silence ends the turn
+        if text == utterance.last_partial:
             return
         now = self.clock()
         if now - utterance.last_partial_at < 1.0 / self.settings.max_partials_per_s:
@@ -286,6 +319,28 @@ class Interpreter:
         utterance.last_partial, utterance.last_partial_at = text, now
         self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="proceeding", text=text,
                                                 lang=self.settings.lang))
+
+    # -- early end of turn -------------------------------------------------------------------------------------------
+
+    def _preempt(self, utterance: _Utterance, speech_end: int) -> None:
+        """The turn ended early: send its completed transcript now, from the words heard so far (the recognizer's
+        final result follows in ``_finish``, and only goes out if it differs)."""
+        text = _joined(utterance.prefix, utterance.heard)
+        utterance.preempted = True
+        self._preempted = _Preempted(utterance.request_id, text, self.clock())
+        self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed", text=text,
+                                                lang=self.settings.lang, speech_end_ts=speech_end))
+
+    def _continue_preempted(self, utterance: _Utterance) -> None:
+        """Speech soon after an early end goes on with the same question: cancel the early answer before it plays,
+        and let this utterance carry the earlier words."""
+        preempted, self._preempted = self._preempted, None
+        if preempted is None or self.clock() - preempted.at > self.settings.continuation_s:
+            return
+        log.info("the person went on after %s; its early answer is cancelled", preempted.request_id[-8:])
+        self._send(self.topics.control, ControlMessage(action="cancel", request_id=preempted.request_id),
+                   QOS_AT_MOST_ONCE)
+        utterance.prefix = preempted.text
 
     async def _abort_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
@@ -296,40 +351,9 @@ class Interpreter:
     async def close(self) -> None:
         """Abort what is still open (a stop-word stream included): no recognizer stream outlives the component."""
         await self._abort_utterance()
-        stop, self._stop_utterance = self._stop_utterance, None
-        if stop is not None:
-            await stop.abort()
+        await self.stop_word.close()
         for task in list(self._finishing):
             task.cancel()
-
-    async def _listen_for_stop_word(self, frame: bytes) -> None:
-        try:
-            for event in self._stop_vad.process(frame):
-                if isinstance(event, SpeechStarted):
-                    self._stop_utterance = UtteranceTranscriber(self.stop_word_stt, on_partial=self._check_stop_word,
-                                                                retry=self.settings.retry)
-                    await self._stop_utterance.start()
-                    for f in event.preroll:
-                        await self._stop_utterance.send(f)
-                elif isinstance(event, SpeechAudio) and self._stop_utterance:
-                    await self._stop_utterance.send(event.frame)
-                elif isinstance(event, SpeechEnded) and self._stop_utterance:
-                    utterance, self._stop_utterance = self._stop_utterance, None
-                    self.muted_until = max(self.muted_until, self.clock() + self.settings.echo_tail_s)
-                    self._in_background(self._end_stop_word(utterance))
-        except SttError as exc:  # no stop word this time; the device keeps speaking and listening
-            log.error("stop word recognition failed: %s", exc)
-            utterance, self._stop_utterance = self._stop_utterance, None
-            self._stop_vad.reset()
-            if utterance is not None:
-                await utterance.abort()
-
-    async def _end_stop_word(self, utterance: UtteranceTranscriber) -> None:
-        try:
-            self._check_stop_word(await utterance.end())
-        except SttError as exc:
-            log.error("stop word recognition failed: %s", exc)
-            await utterance.abort()
 
     def _check_stop_word(self, text: str) -> None:
         if self.speaking and self.settings.stop_word in text.replace(" ", ""):
@@ -350,3 +374,11 @@ class Interpreter:
 
     def _send(self, topic: str, message: Message, qos: int) -> None:
         self.outbox.send(topic, encode(message), qos)
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _joined(prefix: str, text: str) -> str:
+    return _words(f"{prefix} {text}")

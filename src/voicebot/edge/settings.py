@@ -70,6 +70,9 @@ class InterpreterConfig(ComponentSettings):
     preroll_ms: int = Field(300, alias="PrerollMs", ge=0, le=2000)
     hangover_ms: int = Field(700, alias="HangoverMs", ge=100, le=5000)
     max_utterance_s: float = Field(15.0, alias="MaxUtteranceS", ge=1.0, le=120.0)
+    early_end_ms: int = Field(250, alias="EarlyEndMs", ge=0, le=2000)
+    """Silence that ends a turn whose words sound finished ("...어때요"), sending its transcript at once; 0: off
+    (always HangoverMs)."""
     echo_tail_s: float = Field(0.4, alias="EchoTailS", ge=0.0, le=5.0)
     stop_word: str = Field("", alias="StopWord", max_length=20)
     """Empty: no stop word. Heard while the device speaks, it cancels the answer."""

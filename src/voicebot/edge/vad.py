@@ -27,6 +27,8 @@ class VadSettings:
     start_ms: int = 120
     """Voiced audio needed within the start window before an utterance starts (clicks and pops are shorter)."""
     max_utterance_s: float = 15.0
+    early_end_ms: int = 250
+    """Silence that ends the turn when the words so far sound finished (``early_end``); 0: always the hangover."""
 
     def frames(self, ms: float) -> int:
         return max(1, round(ms / self.frame_ms))
@@ -48,7 +50,7 @@ class SpeechAudio:
 
 @dataclass(frozen=True)
 class SpeechEnded:
-    reason: str  # "silence" | "max length" | "flush"
+    reason: str  # "silence" | "early" (a short silence after finished-sounding words) | "max length" | "flush"
     trailing_silence_ms: int
 
 
@@ -106,6 +108,9 @@ class VadGate:
         self._start_window = s.frames(s.start_ms) * 2
         self._start_needed = s.frames(s.start_ms)
         self._hangover = s.frames(s.hangover_ms)
+        self._early = s.frames(s.early_end_ms) if s.early_end_ms > 0 else self._hangover
+        self.early_end = False
+        """Set by whoever hears the words (the interpreter): they sound finished, so a short silence ends the turn."""
         self._max_frames = s.frames(s.max_utterance_s * 1000)
         self.in_speech = False
         self._silent_run = 0
@@ -114,6 +119,7 @@ class VadGate:
     def reset(self) -> None:
         self._preroll.clear()
         self.in_speech = False
+        self.early_end = False
         self._silent_run = 0
         self._length = 0
 
@@ -136,6 +142,8 @@ class VadGate:
         events: list[VadEvent] = [SpeechAudio(frame)]
         if self._silent_run >= self._hangover:
             events.append(self._end("silence"))
+        elif self.early_end and self._silent_run >= self._early:
+            events.append(self._end("early"))
         elif self._length >= self._max_frames:
             events.append(self._end("max length"))
         return events
@@ -145,5 +153,5 @@ class VadGate:
 
     def _end(self, reason: str) -> SpeechEnded:
         silence = self._silent_run * self.settings.frame_ms
-        self.in_speech, self._silent_run, self._length = False, 0, 0
+        self.in_speech, self._silent_run, self._length, self.early_end = False, 0, 0, False
         return SpeechEnded(reason, silence)

@@ -1,0 +1,42 @@
+"""Korean-aware end of turn: does what the person said so far sound finished?
+
+The VAD alone must wait a long hangover (700 ms) because people pause mid-sentence. But a Korean sentence announces
+its end: a final ending (요, 다, 까, 죠, 니다, 세요, 네요 ...) or a question mark. After such an ending a short silence
+(``early_end_ms``, 250 ms) is enough; after a connective ending (그리고, 근데, -고, -는데, -서, -면 ...) or a bare
+noun, the full hangover applies, so a person who pauses to think is not cut off.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Word endings that finish a Korean sentence (declarative, interrogative, imperative, propositive; polite and plain).
+FINAL_ENDINGS = (
+    "요", "다", "까", "죠", "지", "니다", "세요", "네요", "군요", "래요", "대요", "나요", "가요", "을까", "ㄹ까",
+    "니", "냐", "자", "라", "해", "줘", "어", "아", "야", "네", "게", "걸", "래",
+)
+#: One-syllable words that finish a request on their own ("불 꺼 줘", "노래 틀어 봐").
+FINAL_WORDS = frozenset("줘해봐가와자돼래네")
+#: Endings and words after which the sentence goes on, however long the pause (they win over FINAL_ENDINGS).
+CONTINUING = (
+    "그리고", "근데", "그런데", "그래서", "그러니까", "그러면", "그럼", "하지만", "그래도", "또", "그", "저", "음", "어",
+    "고", "는데", "은데", "ㄴ데", "서", "면", "으면", "며", "으며", "지만", "니까", "으니까", "려고", "러", "도록",
+    "거나", "든지", "다가", "자마자", "는", "은", "을", "를", "이", "가", "의", "에", "에서", "로", "으로", "와", "과", "랑",
+    "하고", "이랑", "보다", "처럼", "만", "도",
+)
+_LAST_WORD = re.compile(r"([^\s.,!?…~]+)\s*([.!?…~]*)\s*$")
+
+
+def looks_finished(text: str) -> bool:
+    """Whether ``text`` (the recognizer's latest words) ends like a finished Korean sentence."""
+    m = _LAST_WORD.search(text.strip())
+    if not m:
+        return False
+    word, marks = m.group(1), m.group(2)
+    if "?" in marks:
+        return True
+    if len(word) == 1:  # a particle or a filler never stands alone at the end; a short verb does
+        return word in FINAL_WORDS
+    if word in CONTINUING or (word.endswith(CONTINUING) and not word.endswith(FINAL_ENDINGS)):
+        return False
+    return word.endswith(FINAL_ENDINGS)

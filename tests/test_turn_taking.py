@@ -1,0 +1,143 @@
+"""Korean-aware end of turn and preemptive transcripts: a finished-sounding sentence ends the turn after a short
+silence and its transcript goes out at once; a pause after a connective ending is not cut off; a person who goes
+on after an early end gets one answer to the whole question, and nothing of the early answer plays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.conftest import Recorder
+from tests.speech_fixtures import frames_of, silence, spoken
+from tests.test_interpreter import PushSource
+from tests.test_interpreter_faults import QUICK, ScriptedSession
+from voicebot.cloud.history import SqliteHistory
+from voicebot.cloud.llm import LoopbackChatModel
+from voicebot.cloud.tts import EspeakTts
+from voicebot.edge.audio import NullSink
+from voicebot.edge.endpointing import looks_finished
+from voicebot.edge.interpreter import Interpreter, InterpreterSettings
+from voicebot.edge.player import Player
+from voicebot.edge.vad import VadSettings
+from voicebot.local.cloud import LocalCloud
+from voicebot.messaging import MemoryTransport
+from voicebot.protocol import ControlMessage, Topics, TranscriptMessage, decode
+
+
+class SpokenSource(PushSource):
+    """Pushed frames, handed over one loop turn apart, as a microphone delivers them: the recognizer's partial
+    results arrive while the person is still speaking, not after the whole file."""
+
+    async def frames(self):
+        async for frame in super().frames():
+            yield frame
+            await asyncio.sleep(0)  # one turn of the loop per frame (not a pause: no time passes)
+
+
+class Sessions:
+    """A recognizer that hears, utterance after utterance, the given words (partial and final alike)."""
+
+    name = "scripted"
+
+    def __init__(self, *texts: str) -> None:
+        self.texts = list(texts)
+        self.opened = 0
+
+    async def open(self) -> ScriptedSession:
+        text = self.texts[min(self.opened, len(self.texts) - 1)]
+        self.opened += 1
+        return ScriptedSession(text, text)
+
+
+@pytest.mark.parametrize(("text", "finished"), [
+    ("오늘 날씨 어때요", True), ("불 꺼 줘", True), ("몇 시야?", True), ("알려 주세요", True),
+    ("오늘 날씨가 좋은데", False), ("그리고", False), ("서울 날씨는", False), ("먹었고", False), ("음", False),
+])
+def test_finished_sounding_korean(text, finished):
+    assert looks_finished(text) is finished
+
+
+def run(backend, frames, topics, **settings) -> MemoryTransport:
+    transport, source = MemoryTransport(), SpokenSource()
+    interpreter = Interpreter(transport, topics, source, backend, InterpreterSettings(retry=QUICK, **settings))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(interpreter.run(stop))
+        await asyncio.wait_for(source.idle.wait(), 10)
+        source.push(frames)
+        await asyncio.wait_for(source.idle.wait(), 30)
+        await interpreter.drain()
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    return transport
+
+
+def completed(transport: MemoryTransport, topics: Topics) -> list[TranscriptMessage]:
+    return [m for t, p in transport.sent if t == topics.transcript
+            for m in [decode(TranscriptMessage, p)] if m.state == "completed"]
+
+
+def test_a_pause_after_a_connective_ending_is_not_cut_off(topics):
+    frames = (frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨가 좋은데")) + frames_of(silence(0.45))
+              + frames_of(spoken("산책 갈까요")) + frames_of(silence(1.0)))
+    transport = run(Sessions("오늘 날씨가 좋은데"), frames, topics)
+    assert len(completed(transport, topics)) == 1  # 450 ms after "좋은데" did not end the turn
+
+
+def test_a_finished_sentence_ends_the_turn_after_a_short_silence(topics):
+    frames = (frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨 어때요")) + frames_of(silence(0.45))
+              + frames_of(spoken("산책 갈까요")) + frames_of(silence(1.0)))
+    # early end off: the 450 ms pause is inside the 700 ms hangover, one turn
+    assert len(completed(run(Sessions("오늘 날씨 어때요"), frames, topics, vad=VadSettings(early_end_ms=0)),
+                         topics)) == 1
+    # on: "어때요" + 250 ms ends the turn; the second sentence starts another
+    assert len(completed(run(Sessions("오늘 날씨 어때요", "산책 갈까요"), frames, topics), topics)) == 2
+
+
+def test_going_on_after_an_early_end_cancels_the_early_answer_and_asks_the_whole_question(broker, connect, topics,
+                                                                                         tmp_path):
+    frames = (frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨 어때요")) + frames_of(silence(0.45))
+              + frames_of(spoken("서울 말고 부산")) + frames_of(silence(1.0)))
+    observer = Recorder()
+    connect("observer").subscribe(f"{topics.root}/#", 1, observer)
+    slow_model = LoopbackChatModel(first_token_delay_s=1.0)  # the early answer is still being written meanwhile
+
+    async def main() -> Player:
+        source, stop = SpokenSource(), asyncio.Event()
+        player = Player(connect("player"), topics, NullSink(realtime=False))
+        interpreter = Interpreter(connect("interpreter"), topics, source, Sessions("오늘 날씨 어때요", "서울 말고 부산"),
+                                  InterpreterSettings(retry=QUICK, echo_tail_s=0.0))  # frames go faster than time
+        tasks = [asyncio.create_task(player.run(stop)), asyncio.create_task(interpreter.run(stop))]
+        await asyncio.wait_for(player.ready.wait(), 10)
+        await asyncio.wait_for(source.idle.wait(), 10)
+        await asyncio.wait_for(interpreter.state_changed.wait(), 10)  # it has heard the player is idle
+        source.push(frames)
+        await asyncio.wait_for(source.idle.wait(), 30)
+        await interpreter.drain()
+        await asyncio.to_thread(observer.wait_for, lambda ms: sum(
+            t == topics.transcript and b'"completed"' in p for t, p in ms) >= 2, 30)
+        transcripts = [decode(TranscriptMessage, p) for t, p in observer.messages if t == topics.transcript]
+        final = [m for m in transcripts if m.state == "completed"][-1]
+        await asyncio.to_thread(observer.wait_for, lambda ms: any(
+            t == topics.event and b'"played"' in p and final.request_id.encode() in p and b'"seq"' not in p
+            for t, p in ms), 60)
+        stop.set()
+        await asyncio.gather(*tasks)
+        return player
+
+    with LocalCloud(broker.url, model=slow_model, history=SqliteHistory(tmp_path / "h.sqlite"), tts=EspeakTts(),
+                    topic_root=topics.root):
+        asyncio.run(main())
+
+    done = [decode(TranscriptMessage, p) for t, p in observer.messages if t == topics.transcript]
+    early, whole = [m for m in done if m.state == "completed"]
+    assert early.text == "오늘 날씨 어때요" and whole.text == "오늘 날씨 어때요 서울 말고 부산"
+    cancels = [decode(ControlMessage, p) for t, p in observer.messages if t == topics.control]
+    assert [c.request_id for c in cancels] == [early.request_id]
+    played = [json.loads(p) for t, p in observer.messages if t == topics.event and b'"playing"' in p]
+    assert played and all(e["requestId"] == whole.request_id for e in played)  # nothing of the early answer
