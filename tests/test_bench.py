@@ -13,7 +13,7 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
         [sys.executable, "-m", "voicebot.cli", "bench", "--turns", "2", "--devices", "5", "--fleet-turns", "1",
-         "--skip-footprint", "--ttft-ms", "100", "--tokens-per-s", "200", "--audio-ms-per-char", "4",
+         "--skip-footprint", "--ttft-ms", "100", "--tokens-per-s", "200", "--audio-ms-per-char", "4", "--eos-turns", "2",
          "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -27,6 +27,12 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert len(r["turns"]["representative"]["sentences"]) == 4  # the four-sentence answer, each played
     assert png.stat().st_size > 20_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "pipeline overhead" in proc.stdout and "ttfa ratio" in proc.stdout
+    eos = r["end_of_speech"]
+    assert eos["early_end"]["turns"] == 2 and eos["hangover_only"]["turns"] == 2
+    # the early end sends the transcript sooner after the end of speech than the hangover does
+    assert eos["early_end"]["p50"]["transcript"] < eos["hangover_only"]["p50"]["transcript"]
+    assert 0 < eos["early_end"]["p50"]["floor_ms"] < eos["early_end"]["p50"]["first_playing"]
+    assert "end of speech -> first audio" in proc.stdout
 
 
 def test_footprint_on_a_short_input(broker):

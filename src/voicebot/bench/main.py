@@ -17,12 +17,13 @@ from typing import Any
 
 import psutil
 
-from voicebot.bench import cost, footprint
+from voicebot.bench import cost, endofspeech, footprint
 from voicebot.bench.synthetic import SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
 from voicebot.sentences import split_sentences
 
-TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100}
+TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100,
+           "eos_p50_ms": 1000, "eos_p95_ms": 1400, "eos_floor_ratio_p50": 1.25}
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -79,6 +80,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline = asyncio.run(sequential_turns(stack, "baseline", turns))
         stack.set_streaming(True)
         fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds, spread_s=args.fleet_spread_s))
+        eos = None if args.skip_eos else endofspeech.measure(
+            stack, turns=args.eos_turns or (6 if args.quick else 20), early_end_ms=args.early_end_ms,
+            partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000)
         foot = footprint.measure(stack.broker.url, minutes=args.input_minutes) if not args.skip_footprint else None
     finally:
         stack.close()
@@ -132,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "footprint": ({"interpreter_rss_mb": foot["interpreter_vosk"]["rss_mb"],
                        "interpreter_transcribe_shaped_rss_mb": foot["interpreter_transcribe_shaped"]["rss_mb"],
                        "player_rss_mb": foot["player"]["rss_mb"], **foot} if foot else None),
+        "end_of_speech": eos,
         "cost_usd": {"per_turn": round(sum(parts.values()), 6), "parts": parts,
                      "idle_device_day_vad": idle_vad, "idle_device_day_no_vad": idle_no_vad,
                      "counts": asdict(counts), "prices": cost.prices_dict(prices)},
@@ -148,6 +153,7 @@ def table(r: dict[str, Any]) -> str:
         return f"  {name:<44} {value!s:>22}  {target}"
 
     f = r["footprint"] or {}
+    eos = r.get("end_of_speech")
     lines = [
         f"voicebot bench ({'quick' if r['parameters']['quick'] else 'full'}, {r['seconds']} s) on "
         f"{r['machine']['cpus']} CPUs / {r['machine']['memory_gb']} GB",
@@ -164,6 +170,18 @@ def table(r: dict[str, Any]) -> str:
         row("fleet CPU: this process / mosquitto (%)",
             f"{r['load']['process_cpu_percent']} / {r['load']['broker_cpu_percent']}"),
     ]
+    if eos:
+        on, off = eos["early_end"], eos["hangover_only"]
+        lines += [
+            row("end of speech -> first audio p50 / p95 (ms)",
+                f"{on['p50']['first_playing']} / {on['p95']['first_playing']}",
+                f"target {TARGETS['eos_p50_ms']} / {TARGETS['eos_p95_ms']}"),
+            row("  same, hangover only (early end off)", f"{off['p50']['first_playing']} / {off['p95']['first_playing']}"),
+            row("  transcript out after end of speech p50 (ms)",
+                f"{on['p50']['transcript']} / {off['p50']['transcript']}", "early end / hangover only"),
+            row("  ratio to the floor p50 (floor ms)", f"{on['p50']['ratio']} / {off['p50']['ratio']} "
+                f"({on['median_floor_ms']:.0f})", f"target <= {TARGETS['eos_floor_ratio_p50']}"),
+        ]
     if f:
         vosk, vad = f["interpreter_vosk"], f["interpreter_transcribe_shaped"]
         lines += [

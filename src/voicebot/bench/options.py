@@ -23,6 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tts-per-char-ms", type=float, default=2)
     p.add_argument("--audio-ms-per-char", type=float, default=80, help="synthetic speech length per character")
     p.add_argument("--input-minutes", type=float, default=10, help="length of the long interpreter input")
+    p.add_argument("--eos-turns", type=int, default=0,
+                   help="end-of-speech turns per mode, early end on and off (default 6 quick, 20 full; 0 with "
+                        "--skip-eos)")
+    p.add_argument("--skip-eos", action="store_true", help="skip the end-of-speech phase")
+    p.add_argument("--early-end-ms", type=int, default=250, help="the interpreter's EarlyEndMs in that phase")
+    p.add_argument("--stt-partial-lag-ms", type=float, default=150, help="synthetic recognizer: partials behind")
+    p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
     p.add_argument("--skip-footprint", action="store_true")
     p.add_argument("--price-transcribe-per-min", type=float, default=UnitPrices.transcribe_per_min)
     p.add_argument("--price-haiku-input", type=float, default=UnitPrices.haiku_input_per_mtok)

@@ -115,6 +115,7 @@ class Device:
         self.transport = Mqtt5Transport(ConnectionSettings(broker=broker_url), client_id=f"bench-{thing}")
         self.observations = observations
         self.finished: dict[str, asyncio.Event] = {}
+        self.started: dict[str, asyncio.Event] = {}  # set when the request's first sentence starts playing
         self.player = Player(self.transport, self.topics, NullSink(realtime=True), on_event=self._on_event)
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -126,6 +127,8 @@ class Device:
             return
         if event.type == "playing" and event.seq is not None:
             turn.playing.setdefault(event.seq, now)
+            if event.request_id in self.started:
+                self.started[event.request_id].set()
         elif event.type == "played" and event.seq is not None:
             turn.played.setdefault(event.seq, now)
         elif event.type in ("played", "interrupted", "cancelled") and event.seq is None:
@@ -136,6 +139,14 @@ class Device:
     async def start(self) -> None:
         self.task = asyncio.create_task(self.player.run(self.stop))
         await asyncio.wait_for(self.player.ready.wait(), 30)
+
+    def expect(self, mode: str, request_id: str, question: str) -> Turn:
+        """Record a turn whose transcript is being published now (by an interpreter)."""
+        self.finished[request_id], self.started[request_id] = asyncio.Event(), asyncio.Event()
+        turn = Turn(mode, self.topics.thing, request_id, question, t0=time.monotonic())
+        with self.observations.lock:
+            self.observations.turns[request_id] = turn
+        return turn
 
     async def ask(self, mode: str, question: str, timeout_s: float = 90.0) -> Turn:
         rid = new_request_id()

@@ -86,12 +86,14 @@ class _Preempted:
 class Interpreter:
     def __init__(self, transport: Transport, topics: Topics, source: AudioSource, stt: SttBackend,
                  settings: InterpreterSettings | None = None, *, clock: Callable[[], float] = time.monotonic,
-                 stop_word_stt: SttBackend | None = None) -> None:
+                 stop_word_stt: SttBackend | None = None,
+                 on_transcript: Callable[[TranscriptMessage], None] | None = None) -> None:
         self.transport = transport
         self.topics = topics
         self.source = source
         self.stt = stt
         self.stop_word_stt = stop_word_stt or stt
+        self.on_transcript = on_transcript  # (the benchmark times each transcript from the moment it goes out)
         self.settings = settings or InterpreterSettings()
         self.clock = clock
         self.vad = VadGate(self.settings.vad)
@@ -366,6 +368,8 @@ class Interpreter:
 
     def _send_transcript(self, message: TranscriptMessage) -> None:
         self.published.append(message)
+        if self.on_transcript is not None:
+            self.on_transcript(message)
         self._send(self.topics.transcript, message, QOS_AT_LEAST_ONCE)
 
     def _emit_event(self, type_: str, request_id: str | None = None, *, detail: str | None = None) -> None:

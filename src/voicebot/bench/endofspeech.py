@@ -1,0 +1,245 @@
+"""End of speech -> first sound: the latency a person feels, measured from the true end of their speech.
+
+The real interpreter (VAD, Korean-aware end of turn, the recognizer interface) hears spoken Korean questions
+(espeak-ng) paced in real time; a synthetic streaming recognizer gives partials ``partial_lag_s`` behind the audio and
+its final result ``final_delay_s`` after the audio ends (Transcribe-like); then the local stack with the synthetic
+model and TTS, and a player paced in real time. Each turn is cut short once its first sentence plays (the next
+question follows). The end of speech is known from the audio itself: its last voiced sample.
+
+Run with the Korean-aware end of turn on (the default: early end + preemptive transcript) and off (hangover only),
+side by side. The floor is what no pipeline can avoid: the model's first sentence and its TTS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voicebot.bench.turns import ROOT, Device, Stack, Turn
+from voicebot.edge.interpreter import Interpreter, InterpreterSettings
+from voicebot.edge.stt import SttResult
+from voicebot.edge.vad import VadSettings
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport
+from voicebot.protocol import QOS_AT_MOST_ONCE, ControlMessage, Topics, encode
+
+QUESTIONS = ["오늘 서울 날씨 어때요?", "내일 비가 올까요?", "지금 몇 시예요?", "우산을 챙겨야 할까요?",
+             "주말에 뭐 하면 좋을까요?", "가까운 공원을 알려 주세요."]
+FRAME_MS = 30
+
+
+@dataclass
+class Spoken:
+    """A question as audio: 16 kHz int16 frames, and how long its voiced part lasts."""
+
+    text: str
+    frames: list[bytes]
+    speech_s: float
+
+
+def speak(text: str) -> Spoken:
+    import io
+
+    import soundfile as sf
+
+    from voicebot.cloud.tts import EspeakTts
+
+    samples, _ = sf.read(io.BytesIO(EspeakTts().synthesize(text).data), dtype="int16")
+    voiced = np.nonzero(np.abs(samples.astype(np.int32)) > 300)[0]
+    samples = samples[: voiced[-1] + 1] if voiced.size else samples  # ends on its last voiced sample
+    step = 16 * FRAME_MS
+    padded = np.concatenate([samples, np.zeros(-len(samples) % step, dtype=np.int16)])
+    frames = [padded[i:i + step].tobytes() for i in range(0, len(padded), step)]
+    return Spoken(text, frames, len(samples) / 16_000)
+
+
+class Script:
+    """What the person is saying right now (the synthetic recognizer's ground truth) and when they stopped."""
+
+    def __init__(self) -> None:
+        self.current: Spoken | None = None
+        self.speech_end = 0.0
+        self.ended = asyncio.Event()
+
+
+class SyntheticRecognizer:
+    """Streams like Transcribe: partials ``partial_lag_s`` behind the audio, revealing the words in proportion to the
+    speech heard so far; the final result ``final_delay_s`` after the audio ends."""
+
+    name = "synthetic-stt"
+
+    def __init__(self, script: Script, *, partial_lag_s: float = 0.15, final_delay_s: float = 0.3) -> None:
+        self.script = script
+        self.partial_lag_s = partial_lag_s
+        self.final_delay_s = final_delay_s
+
+    async def open(self) -> SyntheticSession:
+        return SyntheticSession(self)
+
+
+class SyntheticSession:
+    def __init__(self, recognizer: SyntheticRecognizer) -> None:
+        self.recognizer = recognizer
+        self.spoken = recognizer.script.current
+        self.heard_s = 0.0
+        self.shown = 0
+        self.queue: asyncio.Queue[SttResult | None] = asyncio.Queue()
+
+    def _words_at(self, seconds: float) -> str:
+        words = self.spoken.text.split() if self.spoken else []
+        n = len(words) if self.spoken is None or seconds >= self.spoken.speech_s else \
+            int(len(words) * seconds / self.spoken.speech_s)
+        return " ".join(words[:n])
+
+    async def send(self, pcm: bytes) -> None:
+        self.heard_s += len(pcm) / 32_000
+        text = self._words_at(self.heard_s)
+        if len(text) > self.shown:
+            self.shown = len(text)
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.recognizer.partial_lag_s, self.queue.put_nowait, SttResult(text, final=False))
+
+    async def finish(self) -> None:
+        loop = asyncio.get_running_loop()
+        text = self._words_at(self.heard_s)
+        loop.call_later(self.recognizer.final_delay_s, self.queue.put_nowait, SttResult(text, final=True))
+        loop.call_later(self.recognizer.final_delay_s, self.queue.put_nowait, None)
+
+    async def results(self) -> AsyncIterator[SttResult]:
+        while (item := await self.queue.get()) is not None:
+            yield item
+
+    async def close(self) -> None:
+        pass
+
+
+class Microphone:
+    """Plays the script into the interpreter in real time: silence, then each question when it is asked."""
+
+    description = "bench microphone"
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.pending: asyncio.Queue[Spoken] = asyncio.Queue()
+        self.silence = bytes(2 * 16 * FRAME_MS)
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            frames: list[bytes] = [self.silence]
+            spoken = None
+            if not self.pending.empty():
+                spoken = self.pending.get_nowait()
+                self.script.current = spoken
+                frames = spoken.frames
+            for frame in frames:
+                next_at += FRAME_MS / 1000
+                await asyncio.sleep(max(0.0, next_at - loop.time()))  # a microphone delivers frames in real time
+                yield frame
+            if spoken is not None:
+                self.script.speech_end = time.monotonic()
+                self.script.ended.set()
+
+
+@dataclass
+class EosTurn:
+    question: str
+    speech_end: float
+    turn: Turn
+    transcript_at: float | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, turns: int,
+                   recognizer: dict[str, float]) -> list[EosTurn]:
+    """``turns`` questions through the interpreter, one after the other, each cut short once it starts to play."""
+    script = Script()
+    thing = f"eos-{early_end_ms}"
+    topics = Topics(ROOT, thing)
+    device = Device(stack.broker.url, thing, stack.observations)
+    await device.start()
+    mic = Microphone(script)
+    transport = Mqtt5Transport(ConnectionSettings(broker=stack.broker.url), client_id=f"bench-interpreter-{thing}")
+    completed: asyncio.Queue[Turn] = asyncio.Queue()
+
+    def on_transcript(message) -> None:  # in the interpreter's loop, as the transcript goes out
+        if message.state == "completed":
+            completed.put_nowait(device.expect(f"eos-{early_end_ms}", message.request_id, message.text))
+
+    interpreter = Interpreter(transport, topics, mic, SyntheticRecognizer(script, **recognizer),
+                              InterpreterSettings(vad=VadSettings(early_end_ms=early_end_ms)),
+                              on_transcript=on_transcript)
+    stop = asyncio.Event()
+    task = asyncio.create_task(interpreter.run(stop))
+    results: list[EosTurn] = []
+    try:
+        for i in range(turns):
+            s = spoken[i % len(spoken)]
+            script.ended.clear()
+            await mic.pending.put(s)
+            await asyncio.wait_for(script.ended.wait(), 30)
+            speech_end = script.speech_end
+            turn = await asyncio.wait_for(completed.get(), 30)
+            await asyncio.wait_for(device.started[turn.request_id].wait(), 30)
+            results.append(EosTurn(s.text, speech_end, turn))
+            transport.publish(topics.control, encode(ControlMessage(action="cancel", request_id=turn.request_id)),
+                              QOS_AT_MOST_ONCE)  # enough: the next question
+            await asyncio.wait_for(device.finished[turn.request_id].wait(), 10)
+            while not completed.empty():  # (a corrected final of the same question: not a turn of its own)
+                completed.get_nowait()
+            await asyncio.sleep(interpreter.settings.echo_tail_s + 0.5)  # the echo tail, then a pause
+    finally:
+        stop.set()
+        await task
+        await device.close()
+        transport.close()
+    return results
+
+
+def waterfall(rows: list[EosTurn], model: Any) -> dict[str, Any]:
+    """Per turn: ms from the true end of speech to each stage; p50/p95 and the floor ratio."""
+    per_turn = []
+    for r in rows:
+        t = r.turn
+        call = model.calls.get(t.question)
+        first = min(t.playing) if t.playing else None
+        if first is None or call is None or not call.tokens or not t.tts_first or t.chat is None:
+            continue
+        ms = lambda x, end=r.speech_end: round((x - end) * 1000, 1)  # noqa: E731
+        floor_s = (call.first_sentence_at() - call.started) + (t.tts_first[1] - t.tts_first[0])
+        per_turn.append({"transcript": ms(t.t0), "chat_invoked": ms(t.chat[0]), "first_token": ms(call.tokens[0][0]),
+                         "first_sentence": ms(t.first_sentence) if t.first_sentence else None,
+                         "first_audio": ms(t.first_audio) if t.first_audio else None,
+                         "first_playing": ms(t.playing[first]), "floor_ms": round(floor_s * 1000, 1),
+                         "ratio": round((t.playing[first] - r.speech_end) / floor_s, 3)})
+
+    def p(key: str, q: float) -> float | None:
+        values = sorted(v[key] for v in per_turn if v.get(key) is not None)
+        if not values:
+            return None
+        k = (len(values) - 1) * q
+        lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+        return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 1)
+
+    stages = ["transcript", "chat_invoked", "first_token", "first_sentence", "first_audio", "first_playing"]
+    return {"turns": len(per_turn), "p50": {k: p(k, 0.5) for k in [*stages, "floor_ms", "ratio"]},
+            "p95": {k: p(k, 0.95) for k in [*stages, "floor_ms", "ratio"]}, "rows": per_turn,
+            "median_floor_ms": statistics.median([v["floor_ms"] for v in per_turn]) if per_turn else None}
+
+
+def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_lag_s: float, final_delay_s: float) -> dict:
+    """Both modes on the same stack: the Korean-aware early end (with preemptive transcripts) and the hangover only."""
+    spoken = [speak(q) for q in QUESTIONS]
+    recognizer = {"partial_lag_s": partial_lag_s, "final_delay_s": final_delay_s}
+    result = {}
+    for name, ms in (("early_end", early_end_ms), ("hangover_only", 0)):
+        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, turns=turns, recognizer=recognizer))
+        result[name] = waterfall(rows, stack.model)
+    result["parameters"] = {"early_end_ms": early_end_ms, "turns": turns, **recognizer}
+    return result
