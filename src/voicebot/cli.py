@@ -38,7 +38,7 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
                               ipc=args.ipc)
 
 
-PLAYER, INTERPRETER = PlayerConfig(), InterpreterConfig()  # one place for every default (the recipes' too)
+PLAYER, INTERPRETER = PlayerConfig.defaults(), InterpreterConfig.defaults()  # one place for every default (the recipes' too)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 RECIPE_NAMES = ("com.voicebot.VoiceInterpreter.yaml", "com.voicebot.VoicePlayer.yaml")
 # AWS IoT thing names: no "*" or "?" (policy wildcards) and no "/" (topic levels) can appear in them.
@@ -41,6 +39,8 @@ class PolicyError(ValueError):
 
 def component_topics(recipes: list[Path] | None = None) -> dict[str, set[str]]:
     """The IoT Core topics the components publish to and subscribe to, with ``{iot:thingName}`` unrendered."""
+    import yaml  # (only here: `voicebot` builds this command's parser for every command)
+
     paths = recipes or [RECIPES / name for name in RECIPE_NAMES]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:

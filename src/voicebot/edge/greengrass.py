@@ -118,7 +118,7 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
     included, arrives as it was written; flags given on the command line win (development).
     """
     env = os.environ.get
-    player, interpreter = PlayerConfig(), InterpreterConfig()  # the defaults, as the recipes write them
+    player, interpreter = PlayerConfig.defaults(), InterpreterConfig.defaults()  # the defaults, as the recipes write them
     parser = argparse.ArgumentParser(prog=f"voicebot-{kind}")
     parser.add_argument("--thing", required=True)
     parser.add_argument("--topic-root", default=env("VOICEBOT_TOPIC_ROOT") or DEFAULT_TOPIC_ROOT)

@@ -277,8 +277,14 @@ class Interpreter:
                 speech_end = now_ms() - event.trailing_silence_ms
                 if event.reason == "early" and utterance.heard:
                     self._preempt(utterance, speech_end)
-                previous = self._previous
-                self._previous = self._in_background(self._finish(utterance, speech_end, after=previous))
+                finish = self._finish(utterance, speech_end, after=self._previous)
+                if getattr(self.stt, "runs_locally", False):
+                    # A local recognizer's final result is milliseconds of CPU (Vosk): wait for it, so that only one
+                    # recognizer (tens of MB each) is ever alive. A network one may take seconds: not on this loop.
+                    await finish
+                    self._previous = None
+                else:
+                    self._previous = self._in_background(finish)
         except SttError as exc:
             log.error("speech recognition failed: %s", exc)
             self._emit_event("error", self._utterance.request_id if self._utterance else None,

@@ -51,9 +51,9 @@ INLINE_DECODE_BYTES = 48_000
 
 @dataclass(frozen=True)
 class PlayerSettings:
-    gap_timeout_s: float = PlayerConfig().gap_timeout_s
+    gap_timeout_s: float = PlayerConfig.defaults().gap_timeout_s
     """How long to wait for a missing sentence before skipping it."""
-    volume: float = PlayerConfig().volume
+    volume: float = PlayerConfig.defaults().volume
     """0.0 to 1.0, applied to every sample."""
     state_heartbeat_s: float = 2.0
     """While speaking, the state is sent again this often: the interpreter unmutes when it stops hearing it (a lost

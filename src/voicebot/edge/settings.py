@@ -22,7 +22,16 @@ S = TypeVar("S", bound="ComponentSettings")
 
 
 class ComponentSettings(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True, validate_default=True)
+    # The validator is built on first use: a component that never receives a live update never pays for it.
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True, validate_default=True,
+                              defer_build=True)
+
+    @classmethod
+    def defaults(cls) -> Any:
+        """The defaults as attributes, without building the model (``PlayerConfig.defaults().volume``)."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**{name: field.default for name, field in cls.model_fields.items()})
 
     @classmethod
     def recipe_defaults(cls) -> dict[str, str]:

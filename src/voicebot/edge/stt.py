@@ -79,6 +79,7 @@ def import_vosk() -> Any:
 
 class VoskBackend:
     name = "vosk"
+    runs_locally = True  # its final result is CPU work, not a network wait
 
     def __init__(self, model_path: str | None = None, *, grammar: list[str] | None = None) -> None:
         vosk = import_vosk()
@@ -199,6 +200,7 @@ class NullSttBackend:
     """Hears nothing: the interpreter with VAD only and no recognizer (to measure its own footprint)."""
 
     name = "none"
+    runs_locally = True
 
     async def open(self) -> VoskSession:
         class Nothing:

@@ -124,9 +124,14 @@ async def send(transport: Transport, topic: str, payload: bytes, qos: int, *, wa
 
 async def subscribe(transport: Transport, topic_filter: str, qos: int, handler: MessageHandler, *,
                     wait_s: float = 20.0) -> None:
-    """Subscribe (the adapters wait for the broker's SUBACK) without blocking the loop."""
+    """Subscribe and wait for the broker to grant it, without blocking the loop: through the adapter's own future
+    where it has one (MQTT5), else in a thread (Greengrass IPC subscribes synchronously)."""
     async with asyncio.timeout(wait_s):
-        await asyncio.to_thread(transport.subscribe, topic_filter, qos, handler)
+        subscribe_future = getattr(transport, "subscribe_future", None)
+        if subscribe_future is not None:
+            await asyncio.wrap_future(subscribe_future(topic_filter, qos, handler))
+        else:
+            await asyncio.to_thread(transport.subscribe, topic_filter, qos, handler)
 
 
 def _map_future(source: Future, fn: Callable) -> Future:
@@ -136,8 +141,11 @@ def _map_future(source: Future, fn: Callable) -> Future:
         exc = f.exception()
         if exc is not None:
             target.set_exception(exc)
-        else:
+            return
+        try:
             target.set_result(fn(f.result()))
+        except Exception as mapped:  # the mapping itself refused the result (a refused subscription)
+            target.set_exception(mapped)
 
     source.add_done_callback(done)
     return target

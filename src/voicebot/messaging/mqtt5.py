@@ -158,12 +158,19 @@ class Mqtt5Transport:
         return _map_future(self._client.publish(packet), lambda _: None)
 
     def subscribe(self, topic_filter: str, qos: int, handler: MessageHandler) -> None:
+        self.subscribe_future(topic_filter, qos, handler).result(timeout=15)
+
+    def subscribe_future(self, topic_filter: str, qos: int, handler: MessageHandler) -> Future[None]:
+        """Subscribe; the future completes when the broker has granted it (or fails with TransportError)."""
         sub = _Subscription(topic_filter, qos, handler)
         self._subs.add(sub)
-        suback = self._send_subscribe(sub).result(timeout=15)
-        codes = [int(c) for c in suback.reason_codes]
-        if any(c >= 0x80 for c in codes):
-            raise TransportError(f"subscription to {topic_filter} refused by {self.description} (reason {codes})")
+
+        def granted(suback) -> None:
+            codes = [int(c) for c in suback.reason_codes]
+            if any(c >= 0x80 for c in codes):
+                raise TransportError(f"subscription to {topic_filter} refused by {self.description} (reason {codes})")
+
+        return _map_future(self._send_subscribe(sub), granted)
 
     def _send_subscribe(self, sub: _Subscription):
         mqtt5 = self._mqtt5
