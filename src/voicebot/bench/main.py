@@ -90,8 +90,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     s_rows = [analyse(t, stack.model, expected) for t in streaming]
     b_rows = [analyse(t, stack.model, 1) for t in baseline]
     f_rows = [analyse(t, stack.model, expected) for t in fleet]
-    ttfa_s = statistics.median([r["first_playing"] for r in s_rows if r["first_playing"] is not None])
-    ttfa_b = statistics.median([r["first_playing"] for r in b_rows if r["first_playing"] is not None])
+    ttfa_s = round(statistics.median([r["first_playing"] for r in s_rows if r["first_playing"] is not None]), 1)
+    ttfa_b = round(statistics.median([r["first_playing"] for r in b_rows if r["first_playing"] is not None]), 1)
 
     # Cost per turn from what the streaming turns actually did.
     n = len(streaming)
