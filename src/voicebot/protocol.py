@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import re
-import threading
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from voicebot.request_ids import (  # re-exported: ids are part of the protocol
+    CLOCK_SKEW_MS,
+    carries_time,
+    first_id_after,
+    is_newer,
+    known_newer,
+    new_request_id,
+    now_ms,
+    request_id_time,
+)
 
 VERSION = 1
 DEFAULT_TOPIC_ROOT = "voicebot"
@@ -48,77 +54,6 @@ class ProtocolError(ValueError):
         self.field = field
         self.message = message
 
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-_id_lock = threading.Lock()
-_id_last = (0, 0)  # (ms, counter) of the last id made in this process
-
-
-def new_request_id() -> str:
-    """A UUIDv7 string (RFC 9562): random, but sortable by creation time, so a greater requestId is a newer utterance.
-
-    Within one millisecond a 12-bit counter keeps ids made by this process strictly increasing.
-    """
-    global _id_last
-    with _id_lock:
-        ms = now_ms()
-        last_ms, counter = _id_last
-        if ms <= last_ms:
-            ms, counter = (last_ms, counter + 1) if counter < 0xFFF else (last_ms + 1, 0)
-        else:
-            counter = 0
-        _id_last = (ms, counter)
-    rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-#: How far ahead of this clock a request id's time may be and still count as a time (clocks of devices drift; an id
-#: an hour ahead is a broken clock or a forgery, and must not make every later request look older).
-CLOCK_SKEW_MS = 5 * 60_000
-
-
-def request_id_time(request_id: str) -> int | None:
-    """The creation time (epoch ms) inside a UUIDv7 request id, or None for any other id."""
-    if not _UUID7.match(request_id):
-        return None
-    return int(request_id[:8] + request_id[9:13], 16)
-
-
-def first_id_after(ms: int) -> str:
-    """The UUIDv7 string every id made after ``ms`` sorts above (for range conditions in a store)."""
-    h = f"{ms + 1:012x}"
-    return f"{h[:8]}-{h[8:]}-7000-8000-000000000000"
-
-
-def carries_time(request_id: str, *, now: int | None = None) -> bool:
-    """A UUIDv7 id whose time is not implausibly far in the future: only such ids are ordered by time."""
-    ms = request_id_time(request_id)
-    return ms is not None and ms <= (now_ms() if now is None else now) + CLOCK_SKEW_MS
-
-
-def known_newer(request_id: str, than: str) -> bool:
-    """True only when both ids carry a sane time (UUIDv7, not from the future) and ``request_id`` is the later one."""
-    return carries_time(request_id) and carries_time(than) and request_id > than
-
-
-def is_newer(request_id: str, than: str | None) -> bool:
-    """Whether ``request_id`` supersedes ``than``.
-
-    UUIDv7 ids (what the interpreter makes) compare by the time inside them, so a late message of an older request
-    can never cut off a newer one. Any other id (typed in a console, say), and an id from the future (see
-    ``CLOCK_SKEW_MS``), counts as newer when it arrives and is superseded by whatever comes next.
-    """
-    if than is None or request_id == than:
-        return request_id != than
-    if carries_time(request_id) and carries_time(than):
-        return request_id > than
-    return True
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -421,85 +356,8 @@ def decode(model: type[M], payload: bytes | str | dict[str, Any], *, limit: int 
         raise ProtocolError(field, err["msg"]) from exc
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Audio in parts
-# --------------------------------------------------------------------------------------------------------------------
+# Audio in parts lives in voicebot.audio_parts; re-exported here, where every message shape is named.
+from voicebot.audio_parts import AudioAssembler, SentenceAudio, split_audio  # noqa: E402
 
-
-def split_audio(
-    *,
-    request_id: str,
-    seq: int,
-    last: bool,
-    text: str,
-    audio: bytes,
-    format: AudioFormat,
-    sample_rate: int,
-    limit: int = MAX_MESSAGE_BYTES,
-) -> list[AudioMessage]:
-    """Cut one sentence's encoded audio into messages that each encode to at most ``limit`` bytes."""
-    ts = now_ms()
-
-    def make(part: int, parts: int, chunk: bytes) -> AudioMessage:
-        return AudioMessage(
-            request_id=request_id, seq=seq, last=last, part=part, parts=parts, format=format,
-            sample_rate=sample_rate, text=text, audio=base64.b64encode(chunk).decode("ascii"), ts=ts,
-        )
-
-    # Overhead = everything but the base64 body (with generous room for multi-digit part counters).
-    overhead = len(encode(make(0, 1, b""), limit=1 << 30)) + 16
-    room = limit - overhead
-    if room < 4:
-        raise ProtocolError("text", f"the sentence text alone leaves no room for audio under {limit} bytes")
-    chunk_size = (room // 4) * 3  # base64: 3 bytes -> 4 characters
-    chunks = [audio[i : i + chunk_size] for i in range(0, len(audio), chunk_size)] or [b""]
-    messages = [make(i, len(chunks), c) for i, c in enumerate(chunks)]
-    for m in messages:
-        encode(m, limit=limit)  # proves the bound; raises rather than publish something IoT Core would refuse
-    return messages
-
-
-@dataclass(frozen=True)
-class SentenceAudio:
-    """One sentence's complete encoded audio, reassembled from its parts."""
-
-    request_id: str
-    seq: int
-    last: bool
-    text: str
-    format: AudioFormat
-    sample_rate: int
-    data: bytes
-
-
-class AudioAssembler:
-    """Collects audio parts in any order, tolerating duplicates, and yields each sentence once when complete."""
-
-    def __init__(self) -> None:
-        self._parts: dict[tuple[str, int], dict[int, AudioMessage]] = {}
-        self._done: set[tuple[str, int]] = set()
-
-    def add(self, message: AudioMessage) -> SentenceAudio | None:
-        key = (message.request_id, message.seq)
-        if key in self._done:
-            return None
-        parts = self._parts.setdefault(key, {})
-        parts.setdefault(message.part, message)
-        first = next(iter(parts.values()))
-        if message.parts != first.parts:
-            raise ProtocolError("parts", f"seq {message.seq} announced {first.parts} parts, then {message.parts}")
-        if len(parts) < message.parts:
-            return None
-        del self._parts[key]
-        self._done.add(key)
-        ordered = [parts[i] for i in range(message.parts)]
-        return SentenceAudio(
-            request_id=message.request_id, seq=message.seq, last=any(p.last for p in ordered), text=first.text,
-            format=first.format, sample_rate=first.sample_rate, data=b"".join(p.audio_bytes() for p in ordered),
-        )
-
-    def forget(self, request_ids: Iterable[str]) -> None:
-        """Drop partial state of superseded requests (bounded memory on a long-running device)."""
-        gone = set(request_ids)
-        self._parts = {k: v for k, v in self._parts.items() if k[0] not in gone}
-        self._done = {k for k in self._done if k[0] not in gone}
+__all__ = ["CLOCK_SKEW_MS", "AudioAssembler", "SentenceAudio", "carries_time", "first_id_after", "is_newer",
+           "known_newer", "new_request_id", "now_ms", "request_id_time", "split_audio"]
