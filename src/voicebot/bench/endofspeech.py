@@ -157,10 +157,11 @@ class EosTurn:
 
 
 async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, turns: int,
-                   recognizer: dict[str, float]) -> list[EosTurn]:
-    """``turns`` questions through the interpreter, one after the other, each cut short once it starts to play."""
+                   recognizer: dict[str, float], stt: Any = None, label: str = "") -> list[EosTurn]:
+    """``turns`` questions through the interpreter, one after the other, each cut short once it starts to play.
+    ``stt``: a real recognizer instead of the synthetic one (Vosk)."""
     script = Script()
-    thing = f"eos-{early_end_ms}"
+    thing = f"eos-{label or early_end_ms}"
     topics = Topics(ROOT, thing)
     device = Device(stack.broker.url, thing, stack.observations)
     await device.start()
@@ -170,9 +171,9 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, tur
 
     def on_transcript(message) -> None:  # in the interpreter's loop, as the transcript goes out
         if message.state == "completed":
-            completed.put_nowait(device.expect(f"eos-{early_end_ms}", message.request_id, message.text))
+            completed.put_nowait(device.expect(thing, message.request_id, message.text))
 
-    interpreter = Interpreter(transport, topics, mic, SyntheticRecognizer(script, **recognizer),
+    interpreter = Interpreter(transport, topics, mic, stt or SyntheticRecognizer(script, **recognizer),
                               InterpreterSettings(vad=VadSettings(early_end_ms=early_end_ms)),
                               on_transcript=on_transcript)
     stop = asyncio.Event()
@@ -185,8 +186,11 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, tur
             await mic.pending.put(s)
             await asyncio.wait_for(script.ended.wait(), 30)
             speech_end = script.speech_end
-            turn = await asyncio.wait_for(completed.get(), 30)
-            await asyncio.wait_for(device.started[turn.request_id].wait(), 30)
+            try:
+                turn = await asyncio.wait_for(completed.get(), 10)
+                await asyncio.wait_for(device.started[turn.request_id].wait(), 30)
+            except TimeoutError:  # a real recognizer heard no words in that question: no turn to time
+                continue
             results.append(EosTurn(s.text, speech_end, turn))
             transport.publish(topics.control, encode(ControlMessage(action="cancel", request_id=turn.request_id)),
                               QOS_AT_MOST_ONCE)  # enough: the next question
@@ -233,13 +237,21 @@ def waterfall(rows: list[EosTurn], model: Any) -> dict[str, Any]:
             "median_floor_ms": statistics.median([v["floor_ms"] for v in per_turn]) if per_turn else None}
 
 
-def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_lag_s: float, final_delay_s: float) -> dict:
-    """Both modes on the same stack: the Korean-aware early end (with preemptive transcripts) and the hangover only."""
+def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_lag_s: float, final_delay_s: float,
+            vosk: bool = False) -> dict:
+    """Both modes on the same stack: the Korean-aware early end (with preemptive transcripts) and the hangover only;
+    with ``vosk``, the early end once more with the real Vosk recognizer on the device's CPU."""
     spoken = [speak(q) for q in QUESTIONS]
     recognizer = {"partial_lag_s": partial_lag_s, "final_delay_s": final_delay_s}
-    result = {}
+    result: dict[str, Any] = {}
     for name, ms in (("early_end", early_end_ms), ("hangover_only", 0)):
-        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, turns=turns, recognizer=recognizer))
+        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, turns=turns, recognizer=recognizer, label=name))
         result[name] = waterfall(rows, stack.model)
+    if vosk:
+        from voicebot.edge.stt import VoskBackend
+
+        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=early_end_ms, turns=turns, recognizer=recognizer,
+                                    stt=VoskBackend(), label="vosk"))
+        result["vosk_early_end"] = waterfall(rows, stack.model)
     result["parameters"] = {"early_end_ms": early_end_ms, "turns": turns, **recognizer}
     return result

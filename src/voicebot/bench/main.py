@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds, spread_s=args.fleet_spread_s))
         eos = None if args.skip_eos else endofspeech.measure(
             stack, turns=args.eos_turns or (6 if args.quick else 20), early_end_ms=args.early_end_ms,
-            partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000)
+            partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000,
+            vosk=not args.skip_eos_vosk)
         foot = footprint.measure(stack.broker.url, minutes=args.input_minutes) if not args.skip_footprint else None
     finally:
         stack.close()
@@ -182,6 +183,10 @@ def table(r: dict[str, Any]) -> str:
             row("  ratio to the floor p50 (floor ms)", f"{on['p50']['ratio']} / {off['p50']['ratio']} "
                 f"({on['median_floor_ms']:.0f})", f"target <= {TARGETS['eos_floor_ratio_p50']}"),
         ]
+        if eos.get("vosk_early_end"):
+            v = eos["vosk_early_end"]
+            lines.append(row("  same with Vosk (on this CPU) p50 / p95 (ms)",
+                             f"{v['p50']['first_playing']} / {v['p95']['first_playing']}"))
     if f:
         vosk, vad = f["interpreter_vosk"], f["interpreter_transcribe_shaped"]
         lines += [

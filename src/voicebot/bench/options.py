@@ -27,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="end-of-speech turns per mode, early end on and off (default 6 quick, 20 full; 0 with "
                         "--skip-eos)")
     p.add_argument("--skip-eos", action="store_true", help="skip the end-of-speech phase")
+    p.add_argument("--skip-eos-vosk", action="store_true", help="in that phase, skip the run with the real Vosk")
     p.add_argument("--early-end-ms", type=int, default=250, help="the interpreter's EarlyEndMs in that phase")
     p.add_argument("--stt-partial-lag-ms", type=float, default=150, help="synthetic recognizer: partials behind")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
