@@ -125,14 +125,14 @@ def test_bedrock_client_timeouts_and_attempts_fit_the_budget(monkeypatch):
     assert len(models) == 2  # bounded
 
 
-def test_a_model_that_stalls_mid_answer_is_cut_at_the_deadline_with_an_apology(tmp_path):
+def test_a_model_that_stalls_mid_answer_is_cut_at_the_deadline_with_an_apology(tmp_path, connect):
     from tests.test_chat_once import Collect, event
     from voicebot.cloud.chat import ChatDeps, answer_transcript
     from voicebot.cloud.history import SqliteHistory
     from voicebot.cloud.llm import LoopbackChatModel
 
     slow = LoopbackChatModel(answer="첫 문장이에요. 둘째 문장은 아주 천천히 나와요.", tokens_per_s=2.0)  # 0.5 s a word
-    publisher = Collect()
+    publisher = Collect(connect("cloud"))
     deps = ChatDeps(model=slow, history=SqliteHistory(tmp_path / "h.sqlite"), publisher=publisher,
                     settings=ChatSettings(deadline_s=1.2))
     outcome = answer_transcript(event("pi-1", "천천히 말해 봐"), deps)

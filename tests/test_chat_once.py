@@ -22,7 +22,7 @@ from tests.conftest import Recorder
 from voicebot.cloud.chat import APOLOGY, ChatDeps, ChatSettings, answer_transcript
 from voicebot.cloud.history import DynamoHistory, SqliteHistory
 from voicebot.cloud.llm import LoopbackChatModel
-from voicebot.cloud.publish import IotDataPublisher
+from voicebot.cloud.publish import IotDataPublisher, TransportPublisher
 from voicebot.cloud.tts import EspeakTts
 from voicebot.local.cloud import LocalCloud, default_template
 from voicebot.local.rules import load_template
@@ -51,14 +51,17 @@ def future_id(minutes: int) -> str:
     return first_id_after(now_ms() + minutes * 60_000)[:-1] + "1"
 
 
-class Collect:
-    """A Publisher that keeps what it was given (for the handler-level tests; the broker tests use mosquitto)."""
+class Collect(TransportPublisher):
+    """The local stack's publisher, to the real mosquitto, keeping each message the broker acknowledged (so a test
+    reads what went out without racing a subscriber)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport) -> None:
+        super().__init__(transport)
         self.messages: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
 
     def publish(self, topic: str, payload: bytes, qos: int) -> None:
+        super().publish(topic, payload, qos)  # raises if the broker did not acknowledge it
         with self.lock:
             self.messages.append((topic, json.loads(payload)))
 
@@ -106,11 +109,12 @@ class SlowSqlite(SqliteHistory):
         return super().recent(thing, limit)
 
 
-def test_the_newer_of_two_concurrent_questions_always_wins(tmp_path):
+def test_the_newer_of_two_concurrent_questions_always_wins(tmp_path, connect):
     history = SlowSqlite(tmp_path / "h.sqlite")
     model = LoopbackChatModel(answer="첫 번째 문장이에요. 두 번째 문장이에요. 세 번째 문장이에요. 네 번째 문장이에요.")
+    cloud = connect("cloud")
     for round_ in range(30):
-        publisher = Collect()
+        publisher = Collect(cloud)
         deps = ChatDeps(model=model, history=history, publisher=publisher)
         older, newer = new_request_id(), new_request_id()
         start = threading.Barrier(2)
@@ -131,9 +135,9 @@ def test_the_newer_of_two_concurrent_questions_always_wins(tmp_path):
         assert history.latest_request("pi-1") == newer
 
 
-def test_a_request_id_from_the_future_cannot_silence_the_device(tmp_path):
+def test_a_request_id_from_the_future_cannot_silence_the_device(tmp_path, connect):
     path = tmp_path / "h.sqlite"
-    publisher = Collect()
+    publisher = Collect(connect("cloud"))
     deps = ChatDeps(model=LoopbackChatModel(), history=SqliteHistory(path), publisher=publisher)
     answer_transcript(event("pi-1", "미래에서 온 질문", future_id(60)), deps)
     deps.history = SqliteHistory(path)  # across a restart

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from tests.test_chat_once import future_id
 from tests.test_player import audio, finished, run_player, tone
 from voicebot.edge.audio import AudioError, NullSink, WavSink, decode_sentence
 from voicebot.edge.playback import Finished, Play, PlaybackQueue, Skip
@@ -25,15 +26,9 @@ from voicebot.protocol import (
     SentenceAudio,
     decode,
     encode,
-    first_id_after,
     new_request_id,
-    now_ms,
     split_audio,
 )
-
-
-def future_id(minutes: int) -> str:
-    return first_id_after(now_ms() + minutes * 60_000)[:-1] + "1"
 
 
 def test_deeply_nested_json_is_a_protocol_error_not_a_crash():

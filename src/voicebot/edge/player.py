@@ -163,11 +163,8 @@ class Player:
     # -- queue actions -----------------------------------------------------------------------------------------------
 
     def _step(self) -> None:
-        while self._playing is None:  # (a Play always starts a playback task; the loop ends with it)
-            actions = self.queue.next(self.clock())
-            self._apply(actions)
-            if not any(isinstance(a, Play) for a in actions):
-                return
+        if self._playing is None:  # (a Play starts a playback task even for a sentence that will not decode)
+            self._apply(self.queue.next(self.clock()))
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:

@@ -169,6 +169,7 @@ class TranscribeBackend:
 class TranscribeSession:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        self.finished = False  # end_stream() sent (by finish or close)
 
     async def send(self, pcm: bytes) -> None:
         await self.stream.input_stream.send_audio_event(audio_chunk=pcm)
@@ -191,7 +192,7 @@ class TranscribeSession:
 
     async def close(self) -> None:
         """End the request stream (an aborted utterance must not leave an open HTTP/2 stream behind)."""
-        if not getattr(self, "finished", False):
+        if not self.finished:
             self.finished = True
             await self.stream.input_stream.end_stream()
 
