@@ -20,6 +20,7 @@ from voicebot.edge.audio import NullSink
 from voicebot.edge.endpointing import looks_finished
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.player import Player
+from voicebot.edge.stt import SttResult
 from voicebot.edge.vad import VadSettings
 from voicebot.local.cloud import LocalCloud
 from voicebot.messaging import MemoryTransport
@@ -49,6 +50,33 @@ class Sessions:
         text = self.texts[min(self.opened, len(self.texts) - 1)]
         self.opened += 1
         return ScriptedSession(text, text)
+
+
+class WordsSession(ScriptedSession):
+    """One utterance whose words are revealed as its audio arrives: ``partials`` maps a frame count to the words
+    heard by then; the final result is the last of them."""
+
+    def __init__(self, partials: dict[int, str]) -> None:
+        super().__init__("", list(partials.values())[-1])
+        self.partials = partials
+
+    async def send(self, pcm: bytes) -> None:
+        self.sent += 1
+        if self.sent in self.partials:
+            await self.results_queue.put(SttResult(self.partials[self.sent], final=False))
+
+
+class OneUtterance:
+    name = "scripted"
+
+    def __init__(self, partials: dict[int, str]) -> None:
+        self.partials = partials
+
+    async def open(self) -> WordsSession:
+        return WordsSession(self.partials)
+
+
+PREROLL = VadSettings().frames(VadSettings().preroll_ms)  # frames of silence a recognizer hears before the speech
 
 
 @pytest.mark.parametrize(("text", "finished"), [
@@ -87,6 +115,38 @@ def test_a_pause_after_a_connective_ending_is_not_cut_off(topics):
               + frames_of(spoken("산책 갈까요")) + frames_of(silence(1.0)))
     transport = run(Sessions("오늘 날씨가 좋은데"), frames, topics)
     assert len(completed(transport, topics)) == 1  # 450 ms after "좋은데" did not end the turn
+    assert not [t for t, _ in transport.sent if t == topics.control]  # and no early answer was started
+
+
+def test_the_transcript_goes_out_before_the_turn_has_ended(topics):
+    """Finished-sounding words and ``preempt_ms`` of silence: the transcript leaves while the VAD still waits for
+    the early end, so the model writes during the rest of the wait."""
+    speech = frames_of(spoken("오늘 날씨 어때요"))
+    frames = frames_of(silence(0.3)) + speech + frames_of(silence(1.0))
+    seen: list[tuple[str, bool, int]] = []
+    transport, source = MemoryTransport(), SpokenSource()
+    interpreter = Interpreter(transport, topics, source, OneUtterance({5: "오늘 날씨 어때요"}),
+                              InterpreterSettings(retry=QUICK),
+                              on_transcript=lambda m: seen.append((m.state, interpreter.vad.in_speech,
+                                                                   interpreter.vad.silent_ms)))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(interpreter.run(stop))
+        await asyncio.wait_for(source.idle.wait(), 10)
+        source.push(frames)
+        await asyncio.wait_for(source.idle.wait(), 30)
+        await interpreter.drain()
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    done = [(in_speech, silent) for state, in_speech, silent in seen if state == "completed"]
+    settings = VadSettings()
+    assert len(done) == 1  # the final result said the same: nothing more
+    in_speech, silent = done[0]
+    assert in_speech and settings.preempt_ms <= silent < settings.early_end_ms
+    assert not [t for t, _ in transport.sent if t == topics.control]
 
 
 def test_a_finished_sentence_ends_the_turn_after_a_short_silence(topics):
@@ -99,10 +159,20 @@ def test_a_finished_sentence_ends_the_turn_after_a_short_silence(topics):
     assert len(completed(run(Sessions("오늘 날씨 어때요", "산책 갈까요"), frames, topics), topics)) == 2
 
 
-def test_going_on_after_an_early_end_cancels_the_early_answer_and_asks_the_whole_question(broker, connect, topics,
-                                                                                         tmp_path):
-    frames = (frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨 어때요")) + frames_of(silence(0.45))
-              + frames_of(spoken("서울 말고 부산")) + frames_of(silence(1.0)))
+FIRST, SECOND = frames_of(spoken("오늘 날씨 어때요")), frames_of(spoken("서울 말고 부산"))  # each ends in 180 ms of silence
+
+
+@pytest.mark.parametrize("pause", [
+    0.0,  # 180 ms: the transcript went out (preempt_ms), the turn had not ended: it is withdrawn
+    0.45,  # 630 ms: the turn had ended early (early_end_ms), the next words continue it
+])
+def test_going_on_after_an_early_transcript_cancels_its_answer_and_asks_the_whole_question(pause, broker, connect,
+                                                                                          topics, tmp_path):
+    frames = frames_of(silence(0.3)) + FIRST + frames_of(silence(pause)) + SECOND + frames_of(silence(1.0))
+    if pause:  # two utterances
+        recognizer = Sessions("오늘 날씨 어때요", "서울 말고 부산")
+    else:  # one utterance, its words revealed as they are said
+        recognizer = OneUtterance({5: "오늘 날씨 어때요", PREROLL + len(FIRST) + 5: "오늘 날씨 어때요 서울 말고 부산"})
     observer = Recorder()
     connect("observer").subscribe(f"{topics.root}/#", 1, observer)
     slow_model = LoopbackChatModel(first_token_delay_s=1.0)  # the early answer is still being written meanwhile
@@ -110,7 +180,7 @@ def test_going_on_after_an_early_end_cancels_the_early_answer_and_asks_the_whole
     async def main() -> Player:
         source, stop = SpokenSource(), asyncio.Event()
         player = Player(connect("player"), topics, NullSink(realtime=False))
-        interpreter = Interpreter(connect("interpreter"), topics, source, Sessions("오늘 날씨 어때요", "서울 말고 부산"),
+        interpreter = Interpreter(connect("interpreter"), topics, source, recognizer,
                                   InterpreterSettings(retry=QUICK, echo_tail_s=0.0))  # frames go faster than time
         tasks = [asyncio.create_task(player.run(stop)), asyncio.create_task(interpreter.run(stop))]
         await asyncio.wait_for(player.ready.wait(), 10)

@@ -156,7 +156,7 @@ class EosTurn:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, turns: int,
+async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, preempt_ms: int, turns: int,
                    recognizer: dict[str, float], stt: Any = None, label: str = "") -> list[EosTurn]:
     """``turns`` questions through the interpreter, one after the other, each cut short once it starts to play.
     ``stt``: a real recognizer instead of the synthetic one (Vosk)."""
@@ -174,7 +174,7 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, tur
             completed.put_nowait(device.expect(thing, message.request_id, message.text))
 
     interpreter = Interpreter(transport, topics, mic, stt or SyntheticRecognizer(script, **recognizer),
-                              InterpreterSettings(vad=VadSettings(early_end_ms=early_end_ms)),
+                              InterpreterSettings(vad=VadSettings(early_end_ms=early_end_ms, preempt_ms=preempt_ms)),
                               on_transcript=on_transcript)
     stop = asyncio.Event()
     task = asyncio.create_task(interpreter.run(stop))
@@ -229,7 +229,7 @@ def waterfall(rows: list[EosTurn], model: Any) -> dict[str, Any]:
             return None
         k = (len(values) - 1) * q
         lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-        return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 1)
+        return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3 if key == "ratio" else 1)
 
     stages = ["transcript", "chat_invoked", "first_token", "first_sentence", "first_audio", "first_playing"]
     return {"turns": len(per_turn), "p50": {k: p(k, 0.5) for k in [*stages, "floor_ms", "ratio"]},
@@ -238,20 +238,21 @@ def waterfall(rows: list[EosTurn], model: Any) -> dict[str, Any]:
 
 
 def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_lag_s: float, final_delay_s: float,
-            vosk: bool = False) -> dict:
+            preempt_ms: int = VadSettings.preempt_ms, vosk: bool = False) -> dict:
     """Both modes on the same stack: the Korean-aware early end (with preemptive transcripts) and the hangover only;
     with ``vosk``, the early end once more with the real Vosk recognizer on the device's CPU."""
     spoken = [speak(q) for q in QUESTIONS]
     recognizer = {"partial_lag_s": partial_lag_s, "final_delay_s": final_delay_s}
     result: dict[str, Any] = {}
     for name, ms in (("early_end", early_end_ms), ("hangover_only", 0)):
-        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, turns=turns, recognizer=recognizer, label=name))
+        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, preempt_ms=preempt_ms, turns=turns,
+                                    recognizer=recognizer, label=name))
         result[name] = waterfall(rows, stack.model)
     if vosk:
         from voicebot.edge.stt import VoskBackend
 
-        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=early_end_ms, turns=turns, recognizer=recognizer,
-                                    stt=VoskBackend(), label="vosk"))
+        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=early_end_ms, preempt_ms=preempt_ms, turns=turns,
+                                    recognizer=recognizer, stt=VoskBackend(), label="vosk"))
         result["vosk_early_end"] = waterfall(rows, stack.model)
-    result["parameters"] = {"early_end_ms": early_end_ms, "turns": turns, **recognizer}
+    result["parameters"] = {"early_end_ms": early_end_ms, "preempt_ms": preempt_ms, "turns": turns, **recognizer}
     return result

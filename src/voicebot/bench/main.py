@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds, spread_s=args.fleet_spread_s))
         eos = None if args.skip_eos else endofspeech.measure(
             stack, turns=args.eos_turns or (6 if args.quick else 20), early_end_ms=args.early_end_ms,
-            partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000,
+            preempt_ms=args.preempt_ms, partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000,
             vosk=not args.skip_eos_vosk)
         foot = footprint.measure(stack.broker.url, minutes=args.input_minutes) if not args.skip_footprint else None
     finally:

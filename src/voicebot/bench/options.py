@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-eos", action="store_true", help="skip the end-of-speech phase")
     p.add_argument("--skip-eos-vosk", action="store_true", help="in that phase, skip the run with the real Vosk")
     p.add_argument("--early-end-ms", type=int, default=250, help="the interpreter's EarlyEndMs in that phase")
+    p.add_argument("--preempt-ms", type=int, default=60, help="the interpreter's PreemptMs in that phase")
     p.add_argument("--stt-partial-lag-ms", type=float, default=150, help="synthetic recognizer: partials behind")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
     p.add_argument("--skip-footprint", action="store_true")

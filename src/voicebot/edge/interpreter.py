@@ -73,7 +73,8 @@ class _Utterance:
     last_partial_at: float = float("-inf")
     heard: str = ""  # the latest words, unthrottled
     prefix: str = ""  # the words of a preemptive transcript this utterance goes on from
-    preempted: bool = False  # its completed transcript already went out, from ``heard``
+    preempted: str | None = None  # the words its completed transcript already went out with (before the final)
+    voiced_since: int = 0  # voiced frames heard since then: enough of them and the person is going on
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,12 @@ class Interpreter:
         new = InterpreterConfig(
             vad_engine=vad.engine, vad_aggressiveness=vad.aggressiveness, preroll_ms=vad.preroll_ms,
             hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, early_end_ms=vad.early_end_ms,
-            echo_tail_s=s.echo_tail_s,
+            preempt_ms=vad.preempt_ms, echo_tail_s=s.echo_tail_s,
             stop_word=s.stop_word if s.stop_word_enabled else "",
         ).merged(config)
         new_vad = replace(vad, engine=new.vad_engine, aggressiveness=new.vad_aggressiveness,
                           preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s,
-                          early_end_ms=new.early_end_ms)
+                          early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms)
         self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
         if new_vad != vad:
@@ -270,13 +271,17 @@ class Interpreter:
             elif isinstance(event, SpeechAudio) and self._utterance:
                 self.stt_bytes += len(event.frame)
                 await self._utterance.transcriber.send(event.frame)
+                self._watch_preemption(self._utterance, voiced=self.vad.last_voiced)
             elif isinstance(event, SpeechEnded) and self._utterance:
                 utterance, self._utterance = self._utterance, None
                 if self._next_vad is not None:  # new VAD settings arrived mid-utterance
                     self.vad, self._next_vad = self._next_vad, None
                 speech_end = now_ms() - event.trailing_silence_ms
                 if event.reason == "early" and utterance.heard:
-                    self._preempt(utterance, speech_end)
+                    if utterance.preempted is None:
+                        self._preempt(utterance, speech_end)
+                    self._preempted = _Preempted(utterance.request_id, _joined(utterance.prefix, utterance.preempted
+                                                                              or utterance.heard), self.clock())
                 finish = self._finish(utterance, speech_end, after=self._previous)
                 if getattr(self.stt, "runs_locally", False):
                     # A local recognizer's final result is milliseconds of CPU (Vosk): wait for it, so that only one
@@ -301,8 +306,8 @@ class Interpreter:
             self._emit_event("error", utterance.request_id, detail=f"speech recognition failed: {exc}")
             await utterance.transcriber.abort()
             return
-        if utterance.preempted:
-            if text and _words(text) != _words(utterance.heard):  # the final differs from what went out early
+        if utterance.preempted is not None:
+            if text and _words(text) != _words(utterance.preempted):  # the final differs from what went out early
                 log.info("final result differs from the early transcript; sending it as a newer request")
                 self._send_transcript(TranscriptMessage(
                     request_id=new_request_id(), state="completed", text=_joined(utterance.prefix, text),
@@ -319,6 +324,7 @@ class Interpreter:
             return
         utterance.heard = text
         self.vad.early_end = looks_finished(text)  # finished-sounding words: a short silence ends the turn
+        self._watch_preemption(utterance)
         if text == utterance.last_partial:
             return
         now = self.clock()
@@ -330,13 +336,31 @@ class Interpreter:
 
     # -- early end of turn -------------------------------------------------------------------------------------------
 
+    def _watch_preemption(self, utterance: _Utterance, *, voiced: bool = False) -> None:
+        """Before the turn ends: once the words sound finished and ``preempt_ms`` of silence followed, the transcript
+        goes out (the model writes the answer during the rest of the wait); if the person speaks again after that,
+        it is withdrawn (cancelled before it plays) and the utterance goes on under a new request id."""
+        vad = self.settings.vad
+        if utterance is not self._utterance or not vad.early_end_ms or not vad.preempt_ms:
+            return
+        if utterance.preempted is None:
+            if utterance.heard and self.vad.early_end and self.vad.silent_ms >= vad.preempt_ms:
+                self._preempt(utterance, now_ms() - self.vad.silent_ms)
+            return
+        utterance.voiced_since += voiced  # (a frame, not a partial result: only frames are counted)
+        if utterance.voiced_since >= self.vad.start_frames:
+            log.info("the person went on after %s; its early answer is cancelled", utterance.request_id[-8:])
+            self._send(self.topics.control, ControlMessage(action="cancel", request_id=utterance.request_id),
+                       QOS_AT_MOST_ONCE)
+            utterance.request_id, utterance.preempted, utterance.voiced_since = new_request_id(), None, 0
+            utterance.last_partial = ""  # the new request gets its own partials
+
     def _preempt(self, utterance: _Utterance, speech_end: int) -> None:
-        """The turn ended early: send its completed transcript now, from the words heard so far (the recognizer's
-        final result follows in ``_finish``, and only goes out if it differs)."""
-        text = _joined(utterance.prefix, utterance.heard)
-        utterance.preempted = True
-        self._preempted = _Preempted(utterance.request_id, text, self.clock())
-        self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed", text=text,
+        """Send the completed transcript now, from the words heard so far (the recognizer's final result follows in
+        ``_finish``, and only goes out if it differs)."""
+        utterance.preempted, utterance.voiced_since = utterance.heard, 0
+        self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
+                                                text=_joined(utterance.prefix, utterance.heard),
                                                 lang=self.settings.lang, speech_end_ts=speech_end))
 
     def _continue_preempted(self, utterance: _Utterance) -> None:

@@ -82,6 +82,10 @@ class InterpreterConfig(ComponentSettings):
     early_end_ms: int = Field(250, alias="EarlyEndMs", ge=0, le=2000)
     """Silence that ends a turn whose words sound finished ("...어때요"), sending its transcript at once; 0: off
     (always HangoverMs)."""
+    preempt_ms: int = Field(60, alias="PreemptMs", ge=0, le=2000)
+    """With an early end: silence after finished-sounding words at which the transcript already goes out, so the
+    answer is being written while the turn's end is confirmed (speech before then withdraws it); 0: at the early
+    end."""
     echo_tail_s: float = Field(0.4, alias="EchoTailS", ge=0.0, le=5.0)
     stop_word: str = Field("", alias="StopWord", max_length=20)
     """Empty: no stop word. Heard while the device speaks, it cancels the answer."""

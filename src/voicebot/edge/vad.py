@@ -29,6 +29,10 @@ class VadSettings:
     max_utterance_s: float = 15.0
     early_end_ms: int = 250
     """Silence that ends the turn when the words so far sound finished (``early_end``); 0: always the hangover."""
+    preempt_ms: int = 60
+    """Silence after finished-sounding words at which the transcript goes out before the turn has ended, so the
+    answer is being written during the rest of the wait (speech before the turn ends withdraws it). Only with an
+    early end; 0: the transcript goes out at the early end."""
 
     def frames(self, ms: float) -> int:
         return max(1, round(ms / self.frame_ms))
@@ -113,8 +117,20 @@ class VadGate:
         """Set by whoever hears the words (the interpreter): they sound finished, so a short silence ends the turn."""
         self._max_frames = s.frames(s.max_utterance_s * 1000)
         self.in_speech = False
+        self.last_voiced = False
+        """The latest frame's verdict."""
         self._silent_run = 0
         self._length = 0
+
+    @property
+    def silent_ms(self) -> int:
+        """Silence since the last voiced frame of the current utterance."""
+        return self._silent_run * self.settings.frame_ms
+
+    @property
+    def start_frames(self) -> int:
+        """Voiced frames that make speech (to start an utterance, or to go on with one after a pause)."""
+        return self._start_needed
 
     def reset(self) -> None:
         self._preroll.clear()
@@ -126,7 +142,7 @@ class VadGate:
     def process(self, frame: bytes) -> list[VadEvent]:
         if len(frame) != self.settings.frame_bytes:
             raise ValueError(f"VAD frames must be {self.settings.frame_bytes} bytes, got {len(frame)}")
-        voiced = self.is_speech(frame)
+        voiced = self.last_voiced = self.is_speech(frame)
         if not self.in_speech:
             self._preroll.append((frame, voiced))
             recent = list(self._preroll)[-self._start_window:]
