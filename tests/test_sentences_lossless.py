@@ -16,8 +16,8 @@ ALPHABET = st.sampled_from(list("요다까죠니세가나한국어 ab.?!:…。�
                            "... ", "25.5", "3:30", "Dr. ", "e.g. ", " 2. ", '6.1" ', "(예: ", "'.', ", ".[5] "])
 
 
-def streamed(text: str, cuts: list[int]) -> list[str]:
-    splitter = SentenceSplitter()
+def streamed(text: str, cuts: list[int], first_clause_chars: int = 0) -> list[str]:
+    splitter = SentenceSplitter(first_clause_chars=first_clause_chars)
     out: list[str] = []
     last = 0
     for cut in sorted(set(cuts)) + [len(text)]:
@@ -32,13 +32,27 @@ def without_space(text: str) -> str:
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(ALPHABET, max_size=60).map("".join).flatmap(
-    lambda text: st.tuples(st.just(text), st.lists(st.integers(0, len(text)), max_size=12))))
-def test_nothing_is_lost_and_chunking_does_not_matter(case):
+    lambda text: st.tuples(st.just(text), st.lists(st.integers(0, len(text)), max_size=12))),
+    st.sampled_from([0, 2, 12]))
+def test_nothing_is_lost_and_chunking_does_not_matter(case, first_clause_chars):
     text, cuts = case
-    whole = split_sentences(text)
+    whole = streamed(text, [], first_clause_chars)
+    if not first_clause_chars:
+        assert whole == split_sentences(text)
     assert without_space("".join(whole)) == without_space(re.sub(r"(?<=[^\s\[])\[\d{1,3}\]", "", text))
-    assert streamed(text, cuts) == whole
-    assert streamed(text, list(range(len(text)))) == whole  # one character at a time
+    assert streamed(text, cuts, first_clause_chars) == whole
+    assert streamed(text, list(range(len(text))), first_clause_chars) == whole  # one character at a time
+
+
+def test_the_first_clause_goes_out_at_its_comma_and_only_the_first():
+    answer = "오늘 서울은 하루 종일 아주 맑고, 낮 최고 기온은 25도까지 올라가요. 저녁에는 바람이 불고, 쌀쌀해요."
+    assert streamed(answer, list(range(len(answer))), 12) == [
+        "오늘 서울은 하루 종일 아주 맑고,", "낮 최고 기온은 25도까지 올라가요.", "저녁에는 바람이 불고, 쌀쌀해요."]
+    assert split_sentences(answer)[0] == "오늘 서울은 하루 종일 아주 맑고, 낮 최고 기온은 25도까지 올라가요."
+    short = "네, 오늘은 맑아요."  # a short clause is not worth a piece of its own
+    assert streamed(short, [], 12) == [short]
+    for held in ("그는 “오늘 서울은 하루 종일 맑고, 따뜻해”라고 했어요.", "가격은 1,000,000원이나 하는 비싼 물건이에요."):
+        assert streamed(held, [], 12) == [held]  # inside a quotation, and a number: no clause
 
 
 def test_an_ellipsis_or_a_double_mark_is_kept_whole_while_streaming():

@@ -15,6 +15,10 @@ Two promises, checked by a property test over arbitrary text and arbitrary chunk
 
 A quote or bracket holds back sentence ends inside it, but only for ``QUOTE_HOLD`` characters: one stray ``"``
 (an inch mark) or unclosed ``(`` must not turn streaming off for the rest of the answer.
+
+With ``first_clause_chars``, the answer's first piece may be a clause: a comma (confirmed by the space after it)
+after at least that many letters, when no sentence ends before it, so the device starts speaking before the first
+sentence is finished ("오늘 서울은 하루 종일 맑고, | 낮에는 25도까지 올라가요.").
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ ABBREVIATIONS = frozenset(
 
 #: How far (in characters) an open quote or bracket may hold back a Hangul sentence end inside it.
 QUOTE_HOLD = 50
+#: Marks after which a first clause may be released (not ";" or ":": what follows them explains what came before).
+CLAUSE_MARKS = frozenset(",，、")
 
 # Markdown and symbols a TTS engine would read aloud. A link keeps its text; a "(...)" that is not a URL is text.
 _MD_LINK = re.compile(r"\[([^\]]*)\]\((?:https?://|www\.|mailto:|/|#)[^)\s]*\)")
@@ -86,14 +92,18 @@ class SentenceSplitter:
     Sentences with fewer than ``min_chars`` letters/digits (such as "네.") are merged into the next one.
     """
 
-    def __init__(self, *, min_chars: int = 4) -> None:
+    def __init__(self, *, min_chars: int = 4, first_clause_chars: int = 0) -> None:
         self.min_chars = min_chars
+        self.first_clause_chars = first_clause_chars
+        """0: sentences only. Else the first piece may end at a comma after this many letters (see the module)."""
         self._buffer = ""
         self._pending = ""  # a fragment too short to speak alone, waiting for the next sentence
+        self._released = 0
 
     def reset(self) -> None:
         self._buffer = ""
         self._pending = ""
+        self._released = 0
 
     def feed(self, chunk: str) -> list[str]:
         self._buffer += chunk
@@ -116,7 +126,11 @@ class SentenceSplitter:
     def _drain(self, *, final: bool) -> list[str]:
         out: list[str] = []
         while True:
-            end = _find_boundary(self._buffer, final=final)
+            end = None
+            if self.first_clause_chars and not self._released:
+                end = _first_clause(self._buffer, self.first_clause_chars)
+            if end is None:
+                end = _find_boundary(self._buffer, final=final)
             if end is None:
                 return out
             raw, self._buffer = self._buffer[:end], self._buffer[end:]
@@ -128,6 +142,7 @@ class SentenceSplitter:
                 self._pending = sentence
                 continue
             self._pending = ""
+            self._released += 1
             out.append(sentence)
 
 
@@ -301,4 +316,22 @@ def _find_boundary(text: str, *, final: bool) -> int | None:
                     continue
             return end
         i += 1
+    return None
+
+
+def _first_clause(text: str, min_spoken: int) -> int | None:
+    """Index just past the first comma that ends a clause of at least ``min_spoken`` letters, if no sentence ends
+    before it and it is not inside quotes or brackets; None otherwise. Confirmed by the space after the comma, so
+    only the text decides ("1,000" never splits)."""
+    spoken = 0
+    for i, c in enumerate(text):
+        if c.isalnum():
+            spoken += 1
+        elif c in OPENERS or c in "\"'":
+            return None  # a quotation or an aside: leave it to the sentence rules
+        elif c in CLAUSE_MARKS and i + 1 < len(text) and text[i + 1].isspace():
+            if spoken < min_spoken:
+                continue
+            # Is there a sentence end before the comma? What confirms such an end lies before the comma too.
+            return i + 1 if _find_boundary(text[: i + 1], final=True) is None else None
     return None

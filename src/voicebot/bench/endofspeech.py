@@ -206,17 +206,19 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, pre
     return results
 
 
-def waterfall(rows: list[EosTurn], model: Any) -> dict[str, Any]:
-    """Per turn: ms from the true end of speech to each stage; p50/p95 and the floor ratio."""
+def waterfall(rows: list[EosTurn], model: Any, tts: Any) -> dict[str, Any]:
+    """Per turn: ms from the true end of speech to each stage; p50/p95 and the floor ratio. The floor is the model's
+    first *sentence* and its TTS (the service time), whatever the chat released first."""
     per_turn = []
     for r in rows:
         t = r.turn
         call = model.calls.get(t.question)
         first = min(t.playing) if t.playing else None
-        if first is None or call is None or not call.tokens or not t.tts_first or t.chat is None:
+        sentence = call.first_piece() if call is not None else None
+        if first is None or sentence is None or not t.tts_first or t.chat is None:
             continue
         ms = lambda x, end=r.speech_end: round((x - end) * 1000, 1)  # noqa: E731
-        floor_s = (call.first_sentence_at() - call.started) + (t.tts_first[1] - t.tts_first[0])
+        floor_s = (sentence[0] - call.started) + tts.service_s(sentence[1])
         per_turn.append({"transcript": ms(t.t0), "chat_invoked": ms(t.chat[0]), "first_token": ms(call.tokens[0][0]),
                          "first_sentence": ms(t.first_sentence) if t.first_sentence else None,
                          "first_audio": ms(t.first_audio) if t.first_audio else None,
@@ -247,12 +249,12 @@ def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_lag_s: float
     for name, ms in (("early_end", early_end_ms), ("hangover_only", 0)):
         rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, preempt_ms=preempt_ms, turns=turns,
                                     recognizer=recognizer, label=name))
-        result[name] = waterfall(rows, stack.model)
+        result[name] = waterfall(rows, stack.model, stack.tts)
     if vosk:
         from voicebot.edge.stt import VoskBackend
 
         rows = asyncio.run(run_mode(stack, spoken, early_end_ms=early_end_ms, preempt_ms=preempt_ms, turns=turns,
                                     recognizer=recognizer, stt=VoskBackend(), label="vosk"))
-        result["vosk_early_end"] = waterfall(rows, stack.model)
+        result["vosk_early_end"] = waterfall(rows, stack.model, stack.tts)
     result["parameters"] = {"early_end_ms": early_end_ms, "preempt_ms": preempt_ms, "turns": turns, **recognizer}
     return result

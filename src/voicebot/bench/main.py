@@ -11,16 +11,16 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from voicebot.bench import cost, endofspeech, footprint
-from voicebot.bench.synthetic import SyntheticChatModel
+from voicebot.bench.synthetic import ANSWER, SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
-from voicebot.sentences import split_sentences
+from voicebot.sentences import SentenceSplitter
 
 TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100,
            "eos_p50_ms": 1000, "eos_p95_ms": 1400, "eos_floor_ratio_p50": 1.25}
@@ -39,7 +39,8 @@ def p50_p95(values: list[float]) -> dict[str, float | None]:
     return {"p50": pct(values, 0.5), "p95": pct(values, 0.95)}
 
 
-def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int) -> dict[str, Any]:
+def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int, first_clause_chars: int = 0
+            ) -> dict[str, Any]:
     """One turn's waterfall (ms from the transcript's publish) and what the backends spent on its critical path."""
     call = model.calls.get(turn.question)
     first_seq = min(turn.playing) if turn.playing else None
@@ -57,7 +58,8 @@ def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int) -> d
         "lost": max(0, expected_sentences - len(turn.played)),
     }
     if call and call.tokens and turn.tts_first and out["first_playing"] is not None:
-        llm_end = call.first_sentence_at() if turn.mode != "baseline" else call.tokens[-1][0]
+        first = call.first_piece(first_clause_chars) if turn.mode != "baseline" else None
+        llm_end = first[0] if first else call.tokens[-1][0]
         backend_s = (llm_end - call.started) + (turn.tts_first[1] - turn.tts_first[0])
         out["backend_ms"] = round(backend_s * 1000, 1)
         out["overhead_ms"] = round(out["first_playing"] - backend_s * 1000, 1)
@@ -67,12 +69,15 @@ def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int) -> d
 def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = BackendSettings(ttft_s=args.ttft_ms / 1000, tokens_per_s=args.tokens_per_s,
                                tts_base_s=args.tts_base_ms / 1000, tts_per_char_s=args.tts_per_char_ms / 1000,
-                               audio_s_per_char=args.audio_ms_per_char / 1000)
+                               audio_s_per_char=args.audio_ms_per_char / 1000, answer=args.answer or ANSWER)
     turns = args.turns or (3 if args.quick else 10)
     fleet_rounds = args.fleet_turns or (1 if args.quick else 3)
-    expected = len(split_sentences(backends.answer))
     started = time.monotonic()
     stack = start_stack(backends, workers=max(32, args.devices * 6))
+    if args.first_clause_chars is not None:
+        stack.cloud.chat.settings = replace(stack.cloud.chat.settings, first_clause_chars=args.first_clause_chars)
+    pieces = SentenceSplitter(first_clause_chars=stack.cloud.chat.settings.first_clause_chars)
+    expected = len(pieces.feed(backends.answer) + pieces.flush())  # what the chat sends, one audio each
     try:
         stack.set_streaming(True)
         streaming = asyncio.run(sequential_turns(stack, "streaming", turns))
@@ -88,9 +93,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stack.close()
 
-    s_rows = [analyse(t, stack.model, expected) for t in streaming]
+    clause = stack.cloud.chat.settings.first_clause_chars
+    s_rows = [analyse(t, stack.model, expected, clause) for t in streaming]
     b_rows = [analyse(t, stack.model, 1) for t in baseline]
-    f_rows = [analyse(t, stack.model, expected) for t in fleet]
+    f_rows = [analyse(t, stack.model, expected, clause) for t in fleet]
     ttfa_s = round(statistics.median([r["first_playing"] for r in s_rows if r["first_playing"] is not None]), 1)
     ttfa_b = round(statistics.median([r["first_playing"] for r in b_rows if r["first_playing"] is not None]), 1)
 

@@ -26,13 +26,15 @@ class ModelCall:
     tokens: list[tuple[float, str]] = field(default_factory=list)  # (time yielded, token)
     prompt_chars: int = 0
 
-    def first_sentence_at(self) -> float | None:
-        """When the token that completed the first sentence was yielded (the LLM's share of the critical path)."""
-        splitter = SentenceSplitter()
+    def first_piece(self, first_clause_chars: int = 0) -> tuple[float, str] | None:
+        """When the token that completed the first sentence (or first clause, as the chat splits it) was yielded, and
+        that piece: the LLM's share of the critical path."""
+        splitter = SentenceSplitter(first_clause_chars=first_clause_chars)
         for t, token in self.tokens:
-            if splitter.feed(token):
-                return t
-        return self.tokens[-1][0] if self.tokens else None
+            if pieces := splitter.feed(token):
+                return t, pieces[0]
+        rest = splitter.flush()
+        return (self.tokens[-1][0], rest[0]) if self.tokens and rest else None
 
 
 class SyntheticChatModel(LoopbackChatModel):
@@ -60,9 +62,12 @@ class SyntheticTts:
         self.audio_s_per_char = audio_s_per_char
         self.last = threading.local()  # (start, end) of this thread's last call: read right after the handler
 
+    def service_s(self, text: str) -> float:
+        return self.base_s + self.per_char_s * len(text)
+
     def synthesize(self, text: str) -> SynthesizedAudio:
         start = time.monotonic()
-        time.sleep(self.base_s + self.per_char_s * len(text))  # the simulated service time
+        time.sleep(self.service_s(text))  # the simulated service time
         n = int(16_000 * self.audio_s_per_char * len(text))
         tone = (np.sin(np.arange(n) * 2 * np.pi * 220 / 16_000) * 3000).astype("<i2")
         self.last.span = (start, time.monotonic())

@@ -48,6 +48,7 @@ def chat_settings_from_env() -> ChatSettings:
         topic_root=os.environ.get("TOPIC_ROOT", DEFAULT_TOPIC_ROOT),
         history_turns=int(os.environ.get("HISTORY_TURNS", "6")),
         max_question_chars=int(os.environ.get("MAX_QUESTION_CHARS", str(MAX_TRANSCRIPT_CHARS))),
+        first_clause_chars=int(os.environ.get("FIRST_CLAUSE_CHARS", "12")),
     )
 
 

@@ -55,6 +55,9 @@ class ChatSettings:
     reserve_s: float = 6.0
     """Time kept back from the Lambda's remaining time for the apology, the error event and the history write."""
     system_prompt: str = SYSTEM_PROMPT
+    first_clause_chars: int = 12
+    """The answer's first piece may end at a comma after this many letters (the device starts speaking before the
+    first sentence is complete); 0: sentences only."""
     stream_sentences: bool = True
     """False = the source blog's whole-answer behaviour (wait for the full answer, one message): the benchmark's
     baseline. Never what a device should use."""
@@ -232,7 +235,7 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
 
     history = deps.history.recent(thing, settings.history_turns)
     messages = build_messages(settings.system_prompt, history, question)
-    splitter = SentenceSplitter()
+    splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
     try:
         held: list[str] = []  # baseline only: the whole answer, spoken at the end
         model = deps.model_within(deadline - time.monotonic())
