@@ -177,6 +177,26 @@ def test_take_request_is_one_conditional_write_with_the_same_rules_in_both_store
     assert history.take_request("pi-2", a) == "taken"  # devices are independent
 
 
+@pytest.mark.parametrize("store", ["sqlite", "dynamo"])
+def test_a_replaced_early_question_leaves_the_history(store, tmp_path, request, connect):
+    """The person went on after an early transcript: the whole question names the early request it replaces, whose
+    answer nobody heard; the model does not see that turn, and the history keeps only the whole question."""
+    history = SqliteHistory(tmp_path / "h.sqlite") if store == "sqlite" else request.getfixturevalue("dynamo_history")
+    model = LoopbackChatModel(answer="부산은 흐리고 비가 와요.")
+    deps = ChatDeps(model=model, history=history, publisher=Collect(connect("cloud")))
+    earlier, early, whole = new_request_id(), new_request_id(), new_request_id()
+    answer_transcript(event("pi-1", "안녕하세요", earlier), deps)
+    answer_transcript(event("pi-1", "오늘 날씨 어때요", early), deps)  # answered in full before the person went on
+    assert [t.request_id for t in history.recent("pi-1", 10)] == [earlier, early]
+
+    replacing = {**event("pi-1", "오늘 날씨 어때요 서울 말고 부산", whole), "replaces": early}
+    assert decode(TranscriptMessage, json.dumps(replacing).encode()).replaces == early  # a protocol field
+    answer_transcript(replacing, deps)
+    assert [(t.request_id, t.question) for t in history.recent("pi-1", 10)] == [
+        (earlier, "안녕하세요"), (whole, "오늘 날씨 어때요 서울 말고 부산")]
+    assert history.forget("pi-1", early) is False  # gone already; forgetting twice is harmless
+
+
 class OnceModel(BaseChatModel):
     """Streams one sentence, then the model service fails."""
 

@@ -207,6 +207,7 @@ def test_going_on_after_an_early_transcript_cancels_its_answer_and_asks_the_whol
     done = [decode(TranscriptMessage, p) for t, p in observer.messages if t == topics.transcript]
     early, whole = [m for m in done if m.state == "completed"]
     assert early.text == "오늘 날씨 어때요" and whole.text == "오늘 날씨 어때요 서울 말고 부산"
+    assert whole.replaces == early.request_id  # (the chat removes the early turn from the history)
     cancels = [decode(ControlMessage, p) for t, p in observer.messages if t == topics.control]
     assert [c.request_id for c in cancels] == [early.request_id]
     played = [json.loads(p) for t, p in observer.messages if t == topics.event and b'"playing"' in p]

@@ -190,6 +190,9 @@ class TranscriptMessage(Message):
     text: str = Field(max_length=MAX_TRANSCRIPT_CHARS)
     lang: str = "ko-KR"
     speech_end_ts: int | None = None
+    replaces: RequestId | None = None
+    """``completed`` only: an earlier request of this device that this one takes the place of (an early transcript
+    the person went on from). Its answer was never heard, so it leaves the conversation history."""
 
 
 class AnswerMessage(Message):

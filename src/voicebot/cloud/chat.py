@@ -233,6 +233,12 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
         log.info("chat: %s from %s arrived after a newer request; not answered", message.request_id, thing)
         return ChatOutcome(thing, message.request_id, [], "superseded")
 
+    if message.replaces:  # the person went on from an early transcript: its answer was never heard
+        try:
+            if deps.history.forget(thing, message.replaces):
+                log.info("chat: %s replaces %s; that turn left the history", message.request_id, message.replaces)
+        except Exception as exc:  # the answer matters more than a stale turn in the history
+            log.warning("chat: could not remove replaced turn %s: %s", message.replaces, describe(exc))
     history = deps.history.recent(thing, settings.history_turns)
     messages = build_messages(settings.system_prompt, history, question)
     splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)

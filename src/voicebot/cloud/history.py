@@ -30,6 +30,9 @@ class HistoryStore(Protocol):
 
     def append(self, thing: str, turn: Turn) -> None: ...
 
+    def forget(self, thing: str, request_id: str) -> bool:
+        """Remove the turn of ``request_id`` (one of the recent ones) if it is there; whether it was."""
+
     def latest_request(self, thing: str) -> str | None:
         """The newest request this device has asked (a newer one supersedes everything older). A consistent read."""
 
@@ -88,6 +91,12 @@ class SqliteHistory:
             self._db.execute("DELETE FROM turns WHERE ts < ?", (int(time.time() * 1000) - self.keep_ms,))
             self._db.commit()
 
+    def forget(self, thing: str, request_id: str) -> bool:
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM turns WHERE thing = ? AND request_id = ?", (thing, request_id))
+            self._db.commit()
+        return cursor.rowcount > 0
+
     def latest_request(self, thing: str) -> str | None:
         with self._lock:
             row = self._db.execute("SELECT request_id FROM latest WHERE thing = ?", (thing,)).fetchone()
@@ -137,6 +146,19 @@ class DynamoHistory:
         now = int(time.time())
         items = [i for i in resp.get("Items", []) if int(i.get("expires_at", now + 1)) > now]
         return [Turn(str(i["request_id"]), str(i["question"]), str(i["answer"]), int(i["ts"])) for i in reversed(items)]
+
+    def forget(self, thing: str, request_id: str, *, among: int = 10) -> bool:
+        # The key holds the turn's time, which the caller does not know: look among the newest ``among`` turns (a
+        # replaced request is always one of the last few), then delete by the full key.
+        from boto3.dynamodb.conditions import Key
+
+        resp = self.table.query(KeyConditionExpression=Key("thing").eq(thing) & Key("turn").gt("0"),
+                                ScanIndexForward=False, Limit=among, ProjectionExpression="#t, request_id",
+                                ExpressionAttributeNames={"#t": "turn"})
+        keys = [i["turn"] for i in resp.get("Items", []) if i.get("request_id") == request_id]
+        for turn in keys:
+            self.table.delete_item(Key={"thing": thing, "turn": turn})
+        return bool(keys)
 
     def latest_request(self, thing: str) -> str | None:
         item = self.table.get_item(Key={"thing": thing, "turn": LATEST}, ProjectionExpression="request_id",

@@ -75,6 +75,7 @@ class _Utterance:
     prefix: str = ""  # the words of a preemptive transcript this utterance goes on from
     preempted: str | None = None  # the words its completed transcript already went out with (before the final)
     voiced_since: int = 0  # voiced frames heard since then: enough of them and the person is going on
+    replaces: str | None = None  # the early request whose question this utterance finishes
 
 
 @dataclass(frozen=True)
@@ -311,11 +312,11 @@ class Interpreter:
                 log.info("final result differs from the early transcript; sending it as a newer request")
                 self._send_transcript(TranscriptMessage(
                     request_id=new_request_id(), state="completed", text=_joined(utterance.prefix, text),
-                    lang=self.settings.lang, speech_end_ts=speech_end))
+                    lang=self.settings.lang, speech_end_ts=speech_end, replaces=utterance.request_id))
         elif text:
             self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
                                                     text=_joined(utterance.prefix, text), lang=self.settings.lang,
-                                                    speech_end_ts=speech_end))
+                                                    speech_end_ts=speech_end, replaces=utterance.replaces))
         else:
             log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
 
@@ -352,6 +353,7 @@ class Interpreter:
             log.info("the person went on after %s; its early answer is cancelled", utterance.request_id[-8:])
             self._send(self.topics.control, ControlMessage(action="cancel", request_id=utterance.request_id),
                        QOS_AT_MOST_ONCE)
+            utterance.replaces = utterance.request_id
             utterance.request_id, utterance.preempted, utterance.voiced_since = new_request_id(), None, 0
             utterance.last_partial = ""  # the new request gets its own partials
 
@@ -361,7 +363,8 @@ class Interpreter:
         utterance.preempted, utterance.voiced_since = utterance.heard, 0
         self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
                                                 text=_joined(utterance.prefix, utterance.heard),
-                                                lang=self.settings.lang, speech_end_ts=speech_end))
+                                                lang=self.settings.lang, speech_end_ts=speech_end,
+                                                replaces=utterance.replaces))
 
     def _continue_preempted(self, utterance: _Utterance) -> None:
         """Speech soon after an early end goes on with the same question: cancel the early answer before it plays,
@@ -372,7 +375,7 @@ class Interpreter:
         log.info("the person went on after %s; its early answer is cancelled", preempted.request_id[-8:])
         self._send(self.topics.control, ControlMessage(action="cancel", request_id=preempted.request_id),
                    QOS_AT_MOST_ONCE)
-        utterance.prefix = preempted.text
+        utterance.prefix, utterance.replaces = preempted.text, preempted.request_id
 
     async def _abort_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
