@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSource
+from voicebot.edge.echo_guard import EchoGuard
 from voicebot.edge.endpointing import looks_finished
 from voicebot.edge.settings import InterpreterConfig
 from voicebot.edge.stopword import StopWordListener
@@ -99,11 +100,9 @@ class Interpreter:
         self.settings = settings or InterpreterSettings()
         self.clock = clock
         self.vad = VadGate(self.settings.vad)
-        self.speaking = False  # the player's state, from the device-local topic
-        self.speaking_since = 0.0
-        self.speaking_seen_at = 0.0
-        self.player_request: str | None = None
-        self.muted_until = 0.0
+        s = self.settings
+        self.echo_guard = EchoGuard(echo_tail_s=s.echo_tail_s, speaking_expiry_s=s.speaking_expiry_s,
+                                    max_mute_s=s.max_mute_s)  # fed by the player's state, on a device-local topic
         self.frames_seen = 0
         self.stt_bytes = 0  # audio that reached the recognizer (the VAD keeps silence away from it)
         self.utterances = 0
@@ -195,6 +194,7 @@ class Interpreter:
                           early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms)
         self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
+        self.echo_guard.echo_tail_s = new.echo_tail_s
         if new_vad != vad:
             try:
                 self._next_vad = VadGate(new_vad)
@@ -213,15 +213,7 @@ class Interpreter:
         except ProtocolError as exc:
             log.warning("interpreter: bad player state: %s", exc)
             return
-        now = self.clock()
-        if state.state == "speaking":
-            if not self.speaking:
-                self.speaking_since = now
-            self.speaking_seen_at = now
-        self.speaking = state.state == "speaking"
-        self.player_request = state.request_id if self.speaking else None
-        if not self.speaking:
-            self.muted_until = now + self.settings.echo_tail_s
+        self.echo_guard.on_player_state(state.state == "speaking", state.request_id, self.clock())
         self.state_changed.set()
 
     def summary(self) -> str:
@@ -230,15 +222,11 @@ class Interpreter:
                 f"heard went to speech recognition")
 
     def muted(self) -> bool:
-        now = self.clock()
-        if self.speaking:
-            silent = now - self.speaking_seen_at > self.settings.speaking_expiry_s
-            if silent or now - self.speaking_since > self.settings.max_mute_s:
-                log.warning("interpreter: %s; listening again", "the player stopped confirming that it speaks"
-                            if silent else f"muted for {self.settings.max_mute_s:.0f} s without a break")
-                self.speaking, self.player_request = False, None
-                self.state_changed.set()
-        return self.speaking or now < self.muted_until
+        was_speaking = self.echo_guard.speaking
+        muted = self.echo_guard.muted(self.clock())
+        if was_speaking and not self.echo_guard.speaking:  # expired: listening again
+            self.state_changed.set()
+        return muted
 
     # -- audio -------------------------------------------------------------------------------------------------------
 
@@ -250,9 +238,9 @@ class Interpreter:
             if self.vad.in_speech or self._utterance:
                 await self._abort_utterance()  # the device started talking: what follows would be its own voice
             self.vad.reset()
-            listening = self.stop_word.active or (self.settings.stop_word_enabled and self.speaking)
+            listening = self.stop_word.active or (self.settings.stop_word_enabled and self.echo_guard.speaking)
             if listening and await self.stop_word.process(frame):  # it ended: the room may still ring with it
-                self.muted_until = max(self.muted_until, self.clock() + self.settings.echo_tail_s)
+                self.echo_guard.extend(self.clock())
             return
         for event in self.vad.process(frame):
             await self._on_vad(event)
@@ -391,11 +379,12 @@ class Interpreter:
             task.cancel()
 
     def _check_stop_word(self, text: str) -> None:
-        if self.speaking and self.settings.stop_word in text.replace(" ", ""):
-            log.info("stop word heard: cancelling %s", (self.player_request or "?")[-8:])
-            self._send(self.topics.control, ControlMessage(action="cancel", request_id=self.player_request),
+        guard = self.echo_guard
+        if guard.speaking and self.settings.stop_word in text.replace(" ", ""):
+            log.info("stop word heard: cancelling %s", (guard.player_request or "?")[-8:])
+            self._send(self.topics.control, ControlMessage(action="cancel", request_id=guard.player_request),
                        QOS_AT_MOST_ONCE)
-            self.speaking = False  # do not send twice; the player's idle state follows
+            guard.stopped()  # do not send twice; the player's idle state follows
 
     # -- output ------------------------------------------------------------------------------------------------------
 
