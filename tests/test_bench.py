@@ -33,7 +33,7 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     # the early end sends the transcript sooner after the end of speech than the hangover does
     assert eos["early_end"]["p50"]["transcript"] < eos["hangover_only"]["p50"]["transcript"]
     assert 0 < eos["early_end"]["p50"]["floor_ms"] < eos["early_end"]["p50"]["first_playing"]
-    assert "end of speech -> first audio" in proc.stdout
+    assert "end of speech -> first audio" in proc.stdout and "waterfall p50 (ms), on: transcript" in proc.stdout
 
 
 def test_footprint_on_a_short_input(broker):

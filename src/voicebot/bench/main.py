@@ -22,6 +22,8 @@ from voicebot.bench.synthetic import ANSWER, SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
 from voicebot.sentences import SentenceSplitter
 
+EOS_STAGES = [("transcript", "transcript"), ("chat_invoked", "chat"), ("first_token", "token"),
+              ("first_sentence", "first piece"), ("first_audio", "audio"), ("first_playing", "playing")]
 TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100,
            "eos_p50_ms": 1000, "eos_p95_ms": 1400, "eos_floor_ratio_p50": 1.25}
 
@@ -180,12 +182,16 @@ def table(r: dict[str, Any]) -> str:
     if eos:
         on, off = eos["early_end"], eos["hangover_only"]
         lines += [
-            row("end of speech -> first audio p50 / p95 (ms)",
+            row("end of speech -> first audio p50 / p95 (ms), early end + preemption",
                 f"{on['p50']['first_playing']} / {on['p95']['first_playing']}",
                 f"target {TARGETS['eos_p50_ms']} / {TARGETS['eos_p95_ms']}"),
-            row("  same, hangover only (early end off)", f"{off['p50']['first_playing']} / {off['p95']['first_playing']}"),
+            row("  same, hangover only (early end and preemption off)",
+                f"{off['p50']['first_playing']} / {off['p95']['first_playing']}"),
+            *[row(f"  waterfall p50 (ms), {name}", " -> ".join(
+                f"{label} {mode['p50'][key]:.0f}" for key, label in EOS_STAGES if mode["p50"][key] is not None))
+              for name, mode in (("on", on), ("off", off))],
             row("  transcript out after end of speech p50 (ms)",
-                f"{on['p50']['transcript']} / {off['p50']['transcript']}", "early end / hangover only"),
+                f"{on['p50']['transcript']} / {off['p50']['transcript']}", "on / off"),
             row("  ratio to the floor p50 (floor ms)", f"{on['p50']['ratio']} / {off['p50']['ratio']} "
                 f"({on['median_floor_ms']:.0f})", f"target <= {TARGETS['eos_floor_ratio_p50']}"),
         ]
