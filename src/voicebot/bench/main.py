@@ -187,8 +187,8 @@ def table(r: dict[str, Any]) -> str:
                 f"target {TARGETS['eos_p50_ms']} / {TARGETS['eos_p95_ms']}"),
             row("  same, hangover only (early end and preemption off)",
                 f"{off['p50']['first_playing']} / {off['p95']['first_playing']}"),
-            *[row(f"  waterfall p50 (ms), {name}", " -> ".join(
-                f"{label} {mode['p50'][key]:.0f}" for key, label in EOS_STAGES if mode["p50"][key] is not None))
+            *[f"    waterfall p50 (ms), {name}: " + " -> ".join(
+                f"{label} {mode['p50'][key]:.0f}" for key, label in EOS_STAGES if mode["p50"][key] is not None)
               for name, mode in (("on", on), ("off", off))],
             row("  transcript out after end of speech p50 (ms)",
                 f"{on['p50']['transcript']} / {off['p50']['transcript']}", "on / off"),
