@@ -98,3 +98,18 @@ def test_history_sort_key_cannot_collide_and_ttl_is_on():
     assert props["TimeToLiveSpecification"]["Enabled"] is True
     assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert Path(default_template()).read_text().count("<epoch ms, 13 digits>#<requestId>") == 1
+
+
+def test_chat_settings_reach_the_lambda_from_the_stack_parameters(monkeypatch):
+    from voicebot.cloud.aws import chat_settings_from_env
+    from voicebot.cloud.chat import ChatSettings
+
+    template = load_template(default_template())
+    env = template["Resources"]["ChatFunction"]["Properties"]["Environment"]["Variables"]
+    parameters = template["Parameters"]
+    for variable, parameter, field in (("FIRST_CLAUSE_CHARS", "FirstClauseChars", "first_clause_chars"),
+                                       ("HISTORY_TURNS", "HistoryTurns", "history_turns")):
+        assert env[variable] == {"Ref": parameter}
+        assert parameters[parameter]["Default"] == getattr(ChatSettings(), field)  # one default, in both places
+        monkeypatch.setenv(variable, "0")
+        assert getattr(chat_settings_from_env(), field) == 0
