@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Recorder
 from tests.speech_fixtures import frames_of, silence, spoken
 from tests.test_interpreter import PushSource
-from tests.test_interpreter_faults import QUICK, ScriptedSession
+from tests.test_interpreter_faults import QUICK, ScriptedBackend, ScriptedSession
 from voicebot.cloud.history import SqliteHistory
 from voicebot.cloud.llm import LoopbackChatModel
 from voicebot.cloud.tts import EspeakTts
@@ -116,6 +116,15 @@ def test_a_pause_after_a_connective_ending_is_not_cut_off(topics):
     transport = run(Sessions("오늘 날씨가 좋은데"), frames, topics)
     assert len(completed(transport, topics)) == 1  # 450 ms after "좋은데" did not end the turn
     assert not [t for t, _ in transport.sent if t == topics.control]  # and no early answer was started
+
+
+def test_a_final_result_that_only_adds_punctuation_asks_nothing_again(topics):
+    frames = frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨 어때요")) + frames_of(silence(1.0))
+    transport = run(ScriptedBackend("scripted", "오늘 날씨 어때요", "오늘 날씨 어때요?"), frames, topics)
+    assert [m.text for m in completed(transport, topics)] == ["오늘 날씨 어때요"]  # the early one stands
+    transport = run(ScriptedBackend("scripted", "오늘 날씨 어때요", "오늘 날씨 어때서요"), frames, topics)
+    early, corrected = completed(transport, topics)  # other words: asked again, as a newer request replacing it
+    assert corrected.text == "오늘 날씨 어때서요" and corrected.replaces == early.request_id
 
 
 def test_the_transcript_goes_out_before_the_turn_has_ended(topics):

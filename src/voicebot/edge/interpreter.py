@@ -296,7 +296,7 @@ class Interpreter:
             await utterance.transcriber.abort()
             return
         if utterance.preempted is not None:
-            if text and _words(text) != _words(utterance.preempted):  # the final differs from what went out early
+            if text and _letters(text) != _letters(utterance.preempted):  # the final has other words than went out
                 log.info("final result differs from the early transcript; sending it as a newer request")
                 self._send_transcript(TranscriptMessage(
                     request_id=new_request_id(), state="completed", text=_joined(utterance.prefix, text),
@@ -404,6 +404,11 @@ class Interpreter:
 
 def _words(text: str) -> str:
     return " ".join(text.split())
+
+
+def _letters(text: str) -> str:
+    """What was said, without spacing and punctuation (a final that only adds "?" says the same)."""
+    return "".join(c for c in text if c.isalnum())
 
 
 def _joined(prefix: str, text: str) -> str:
