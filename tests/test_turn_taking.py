@@ -87,9 +87,11 @@ def test_finished_sounding_korean(text, finished):
     assert looks_finished(text) is finished
 
 
-def run(backend, frames, topics, **settings) -> MemoryTransport:
+def run(backend, frames, topics, *, watch=None, **settings) -> MemoryTransport:
+    """``frames`` through an interpreter; ``watch(interpreter, message)`` sees each transcript as it goes out."""
     transport, source = MemoryTransport(), SpokenSource()
-    interpreter = Interpreter(transport, topics, source, backend, InterpreterSettings(retry=QUICK, **settings))
+    interpreter = Interpreter(transport, topics, source, backend, InterpreterSettings(retry=QUICK, **settings),
+                              on_transcript=watch and (lambda message: watch(interpreter, message)))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -133,23 +135,8 @@ def test_the_transcript_goes_out_before_the_turn_has_ended(topics):
     speech = frames_of(spoken("오늘 날씨 어때요"))
     frames = frames_of(silence(0.3)) + speech + frames_of(silence(1.0))
     seen: list[tuple[str, bool, int]] = []
-    transport, source = MemoryTransport(), SpokenSource()
-    interpreter = Interpreter(transport, topics, source, OneUtterance({5: "오늘 날씨 어때요"}),
-                              InterpreterSettings(retry=QUICK),
-                              on_transcript=lambda m: seen.append((m.state, interpreter.vad.in_speech,
-                                                                   interpreter.vad.silent_ms)))
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        task = asyncio.create_task(interpreter.run(stop))
-        await asyncio.wait_for(source.idle.wait(), 10)
-        source.push(frames)
-        await asyncio.wait_for(source.idle.wait(), 30)
-        await interpreter.drain()
-        stop.set()
-        await task
-
-    asyncio.run(main())
+    transport = run(OneUtterance({5: "오늘 날씨 어때요"}), frames, topics, watch=lambda interpreter, m: seen.append(
+        (m.state, interpreter.vad.in_speech, interpreter.vad.silent_ms)))
     done = [(in_speech, silent) for state, in_speech, silent in seen if state == "completed"]
     settings = VadSettings()
     assert len(done) == 1  # the final result said the same: nothing more
