@@ -24,7 +24,7 @@ from voicebot.edge.stt import SttResult
 from voicebot.edge.vad import VadSettings
 from voicebot.local.cloud import LocalCloud
 from voicebot.messaging import MemoryTransport
-from voicebot.protocol import ControlMessage, Topics, TranscriptMessage, decode
+from voicebot.protocol import ControlMessage, PlayerStateMessage, Topics, TranscriptMessage, decode, encode
 
 
 class SpokenSource(PushSource):
@@ -208,3 +208,33 @@ def test_going_on_after_an_early_transcript_cancels_its_answer_and_asks_the_whol
     assert [c.request_id for c in cancels] == [early.request_id]
     played = [json.loads(p) for t, p in observer.messages if t == topics.event and b'"playing"' in p]
     assert played and all(e["requestId"] == whole.request_id for e in played)  # nothing of the early answer
+
+
+def test_speech_after_the_early_answer_was_heard_is_a_new_question(topics):
+    """Within 2 s of an early end, but the answer has started playing meanwhile: the person is not going on with
+    the first question, they are asking the next one (nothing cancelled, nothing prefixed)."""
+    transport, source = MemoryTransport(), SpokenSource()
+    interpreter = Interpreter(transport, topics, source, Sessions("오늘 날씨 어때요", "서울 말고 부산"),
+                              InterpreterSettings(retry=QUICK, echo_tail_s=0.0))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(interpreter.run(stop))
+        await asyncio.wait_for(source.idle.wait(), 10)
+        source.push(frames_of(silence(0.3)) + FIRST + frames_of(silence(0.45)))
+        await asyncio.wait_for(source.idle.wait(), 30)
+        early = completed(transport, topics)[0]
+        for state in ("speaking", "idle"):  # the early answer plays, and ends
+            transport.deliver(topics.player_state, encode(PlayerStateMessage(state=state, request_id=early.request_id)))
+            interpreter.state_changed.clear()
+            await asyncio.wait_for(interpreter.state_changed.wait(), 10)
+        source.push(SECOND + frames_of(silence(1.0)))
+        await asyncio.wait_for(source.idle.wait(), 30)
+        await interpreter.drain()
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    first, second = completed(transport, topics)
+    assert (first.text, second.text, second.replaces) == ("오늘 날씨 어때요", "서울 말고 부산", None)
+    assert not [t for t, _ in transport.sent if t == topics.control]

@@ -212,7 +212,7 @@ def waterfall(rows: list[EosTurn], model: Any, tts: Any) -> dict[str, Any]:
     per_turn = []
     for r in rows:
         t = r.turn
-        call = model.calls.get(t.question)
+        call = model.call(t.question, t.chat[0]) if t.chat else None
         first = min(t.playing) if t.playing else None
         sentence = call.first_piece() if call is not None else None
         if first is None or sentence is None or not t.tts_first or t.chat is None:

@@ -44,7 +44,7 @@ def p50_p95(values: list[float]) -> dict[str, float | None]:
 def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int, first_clause_chars: int = 0
             ) -> dict[str, Any]:
     """One turn's waterfall (ms from the transcript's publish) and what the backends spent on its critical path."""
-    call = model.calls.get(turn.question)
+    call = model.call(turn.question, turn.chat[0] if turn.chat else float("-inf"))
     first_seq = min(turn.playing) if turn.playing else None
     ms = lambda t: None if t is None else round((t - turn.t0) * 1000, 1)  # noqa: E731
     out: dict[str, Any] = {
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                if foot else 3.0)
     counts = cost.TurnCounts(
         utterance_s=utter_s,
-        prompt_chars=statistics.mean(stack.model.calls[t.question].prompt_chars for t in streaming),
+        prompt_chars=statistics.mean(stack.model.call(t.question).prompt_chars for t in streaming),
         answer_chars=statistics.mean(t.answer_chars for t in streaming),
         polly_chars=statistics.mean(t.answer_chars for t in streaming),
         iot_units=sum(t.message_units for t in streaming) / n,

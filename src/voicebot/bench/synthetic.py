@@ -40,12 +40,17 @@ class ModelCall:
 class SyntheticChatModel(LoopbackChatModel):
     """Waits ``first_token_delay_s``, then streams ``answer`` at ``tokens_per_s``; records every call by question."""
 
-    calls: dict[str, ModelCall] = Field(default_factory=dict)
+    calls: dict[str, list[ModelCall]] = Field(default_factory=dict)
+    """Every call, by question (a question asked again has several)."""
+
+    def call(self, question: str, after: float = float("-inf")) -> ModelCall | None:
+        """The first call for ``question`` that started at or after ``after`` (a turn's chat invocation)."""
+        return next((c for c in self.calls.get(question, []) if c.started >= after), None)
 
     def _stream(self, messages, stop=None, run_manager=None, **kwargs: Any):
         question = str([m for m in messages if isinstance(m, HumanMessage)][-1].content)
         call = ModelCall(time.monotonic(), prompt_chars=sum(len(str(m.content)) for m in messages))
-        self.calls[question] = call
+        self.calls.setdefault(question, []).append(call)
         for chunk in super()._stream(messages, stop, run_manager, **kwargs):
             call.tokens.append((time.monotonic(), chunk.text))
             yield chunk

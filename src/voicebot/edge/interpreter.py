@@ -214,6 +214,8 @@ class Interpreter:
             log.warning("interpreter: bad player state: %s", exc)
             return
         self.echo_guard.on_player_state(state.state == "speaking", state.request_id, self.clock())
+        if state.state == "speaking":
+            self._preempted = None  # an answer is being heard: what the person says next is a new question
         self.state_changed.set()
 
     def summary(self) -> str:
