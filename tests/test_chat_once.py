@@ -197,6 +197,34 @@ def test_a_replaced_early_question_leaves_the_history(store, tmp_path, request, 
     assert history.forget("pi-1", early) is False  # gone already; forgetting twice is harmless
 
 
+class OvertakenModel(BaseChatModel):
+    """Streams two sentences; between them, the device asks something newer (``overtake`` takes that request)."""
+
+    overtake: Any = None
+
+    @property
+    def _llm_type(self) -> str:
+        return "overtaken"
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        yield ChatGenerationChunk(message=AIMessageChunk(content="첫 문장이에요. "))
+        self.overtake()
+        yield ChatGenerationChunk(message=AIMessageChunk(content="마지막 문장이에요"))  # released only at the end
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        raise AssertionError("stream only")
+
+
+def test_an_answer_overtaken_while_it_was_written_is_not_kept(tmp_path, connect):
+    history = SqliteHistory(tmp_path / "h.sqlite")
+    older, newer = new_request_id(), new_request_id()
+    model = OvertakenModel(overtake=lambda: history.take_request("pi-1", newer))
+    outcome = answer_transcript(event("pi-1", "질문", older),
+                                ChatDeps(model=model, history=history, publisher=Collect(connect("cloud"))))
+    assert outcome.sentences == ["첫 문장이에요.", "마지막 문장이에요"] and outcome.error == "superseded"
+    assert history.recent("pi-1", 10) == []
+
+
 class OnceModel(BaseChatModel):
     """Streams one sentence, then the model service fails."""
 

@@ -271,5 +271,8 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
                       until=deadline + max(0.0, settings.reserve_s - 5.0))
         return ChatOutcome(thing, message.request_id, out.sentences, describe(exc))
 
+    if superseded(deps, thing, message.request_id):  # as in the loop: an answer overtaken while written is not kept
+        log.info("chat: %s from %s superseded as it ended; not kept in the history", message.request_id, thing)
+        return ChatOutcome(thing, message.request_id, out.sentences, "superseded")
     deps.history.append(thing, Turn(message.request_id, question, " ".join(out.sentences), now_ms()))
     return ChatOutcome(thing, message.request_id, out.sentences)
