@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 from voicebot.bench import cost, footprint
+from voicebot.bench.synthetic import ANSWER
+from voicebot.cloud.chat import ChatSettings
+from voicebot.sentences import SentenceSplitter
 
 
 def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
@@ -25,7 +28,10 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert set(r["load"]["overhead_ms"]) == {"p50", "p95"}
     assert r["gap_ms"]["p50"] is not None
     assert r["cost_usd"]["per_turn"] > 0 and r["cost_usd"]["idle_device_day_no_vad"] == 34.56
-    assert len(r["turns"]["representative"]["sentences"]) == 4  # the four-sentence answer, each played
+    splitter = SentenceSplitter(first_clause_chars=ChatSettings().first_clause_chars)
+    pieces = splitter.feed(ANSWER) + splitter.flush()
+    assert len(pieces) == 5  # the four-sentence answer, its first clause on its own
+    assert len(r["turns"]["representative"]["sentences"]) == len(pieces)  # each played
     assert png.stat().st_size > 20_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "pipeline overhead" in proc.stdout and "ttfa ratio" in proc.stdout
     eos = r["end_of_speech"]

@@ -266,3 +266,19 @@ def test_a_publisher_outage_during_the_answer_still_gets_the_apology_out(tmp_pat
     assert error["detail"].startswith("model failed: RuntimeError")  # never an empty "model failed: "
     assert apology["seq"] == 1 and apology["last"] is True  # no gap in seq: the device plays it
     assert outcome is not None and outcome.error == "RuntimeError"
+
+
+def test_the_first_piece_is_the_first_clause_and_the_history_keeps_the_whole_answer(tmp_path, connect):
+    """The chat's default releases the first clause at a Korean connective ending (the device speaks sooner); what
+    the model said is still one answer in the history."""
+    history = SqliteHistory(tmp_path / "h.sqlite")
+    publisher = Collect(connect("cloud"))
+    model = LoopbackChatModel(answer="오늘 서울은 하루 종일 맑고 따뜻할 거예요. 저녁에는 조금 쌀쌀해요.")
+    request_id = new_request_id()
+    outcome = answer_transcript(event("pi-1", "오늘 날씨 어때요?", request_id),
+                                ChatDeps(model=model, history=history, publisher=publisher))
+    assert ChatSettings().first_clause_chars == 10
+    pieces = ["오늘 서울은 하루 종일 맑고", "따뜻할 거예요.", "저녁에는 조금 쌀쌀해요."]
+    assert outcome.error is None and outcome.sentences == pieces
+    assert [a["text"] for a in publisher.answers(request_id) if a["text"]] == pieces
+    assert [(t.question, t.answer) for t in history.recent("pi-1", 10)] == [("오늘 날씨 어때요?", " ".join(pieces))]

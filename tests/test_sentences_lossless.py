@@ -12,8 +12,9 @@ from voicebot.sentences import QUOTE_HOLD, SentenceSplitter, split_sentences
 
 # Everything the splitter decides on (terminators, quotes, brackets, digits, Hangul, Latin, spaces, newlines), and
 # nothing that clean_for_speech removes on purpose (markdown marks, emoji, citation brackets).
-ALPHABET = st.sampled_from(list("요다까죠니세가나한국어 ab.?!:…。？！,;%\"'()「」“”‘’0123456789\n\t") + ["요. ", "? 라고 ",
-                           "... ", "25.5", "3:30", "Dr. ", "e.g. ", " 2. ", '6.1" ', "(예: ", "'.', ", ".[5] "])
+ALPHABET = st.sampled_from(list("요다까죠니세가나한국어고데서있계 ab.?!:…。？！,;%\"'()「」“”‘’0123456789\n\t")
+                           + ["요. ", "? 라고 ", "... ", "25.5", "3:30", "Dr. ", "e.g. ", " 2. ", '6.1" ', "(예: ",
+                              "'.', ", ".[5] ", "맑고 ", "는데 ", "해서 ", "지만 ", "고 있", "고 계시"])
 
 
 def streamed(text: str, cuts: list[int], first_clause_chars: int = 0) -> list[str]:
@@ -53,6 +54,26 @@ def test_the_first_clause_goes_out_at_its_comma_and_only_the_first():
     assert streamed(short, [], 12) == [short]
     for held in ("그는 “오늘 서울은 하루 종일 맑고, 따뜻해”라고 했어요.", "가격은 1,000,000원이나 하는 비싼 물건이에요."):
         assert streamed(held, [], 12) == [held]  # inside a quotation, and a number: no clause
+
+
+def test_a_korean_connective_ending_ends_the_first_clause_but_not_an_auxiliary_or_a_quote():
+    def first(text: str) -> str:
+        return streamed(text, list(range(len(text))), 10)[0]
+
+    assert first("오늘 서울은 하루 종일 맑고 따뜻할 거예요. 낮에는 25도예요.") == "오늘 서울은 하루 종일 맑고"
+    assert first("오늘은 바람이 많이 부는데 기온은 높아요.") == "오늘은 바람이 많이 부는데"
+    assert first("서울은 지금 기온이 낮아서 꽤 쌀쌀해요.") == "서울은 지금 기온이 낮아서"
+    assert first("오늘은 하루 종일 흐리지만 비는 안 와요.") == "오늘은 하루 종일 흐리지만"
+    for whole in ("지금 서울에는 비가 조금씩 오고 있어요.",  # -고 있다: one predicate
+                  "지금 서울에서는 다들 쉬고 싶어 해요.",
+                  "기상청에서는 내일 비가 온다고 했어요.",  # quotative
+                  "오늘 서울의 낮 기온이 최고 25도예요.",  # a noun that ends like -고
+                  "내일 아침에는 서울역 근처에서 만나요."):  # the particle 에서 is not -아서/-어서
+        assert first(whole) == whole, whole
+    # the next word decides: "계" may still become "계세요" (an auxiliary), "계란" is not one
+    s = SentenceSplitter(first_clause_chars=10)
+    assert s.feed("오늘 서울은 하루 종일 맑고 계") == []
+    assert s.feed("란 값이 올라요. ") == ["오늘 서울은 하루 종일 맑고", "계란 값이 올라요."]
 
 
 def test_an_ellipsis_or_a_double_mark_is_kept_whole_while_streaming():

@@ -16,9 +16,10 @@ Two promises, checked by a property test over arbitrary text and arbitrary chunk
 A quote or bracket holds back sentence ends inside it, but only for ``QUOTE_HOLD`` characters: one stray ``"``
 (an inch mark) or unclosed ``(`` must not turn streaming off for the rest of the answer.
 
-With ``first_clause_chars``, the answer's first piece may be a clause: a comma (confirmed by the space after it)
-after at least that many letters, when no sentence ends before it, so the device starts speaking before the first
-sentence is finished ("오늘 서울은 하루 종일 맑고, | 낮에는 25도까지 올라가요.").
+With ``first_clause_chars``, the answer's first piece may be a clause of at least that many letters, when no sentence
+ends before it, so the device starts speaking before the first sentence is finished: at a comma ("오늘 서울은 하루 종일
+아주 맑고, | 낮에는 25도까지 올라가요.") or, since Korean joins clauses with endings more often than with commas, after a
+connective ending (-고, -는데, -지만, -면서, -아서/-어서: "오늘 서울은 하루 종일 맑고 | 따뜻할 거예요.").
 """
 
 from __future__ import annotations
@@ -320,18 +321,55 @@ def _find_boundary(text: str, *, final: bool) -> int | None:
 
 
 def _first_clause(text: str, min_spoken: int) -> int | None:
-    """Index just past the first comma that ends a clause of at least ``min_spoken`` letters, if no sentence ends
-    before it and it is not inside quotes or brackets; None otherwise. Confirmed by the space after the comma, so
-    only the text decides ("1,000" never splits)."""
+    """Index just past the first clause of at least ``min_spoken`` letters, if no sentence ends before it and it is
+    not inside quotes or brackets; None otherwise (or not yet decidable). A clause ends at a comma confirmed by the
+    space after it ("1,000" never splits), or at a word with a Korean connective ending (see ``_connective``)
+    confirmed by the start of the next word, which must not be an auxiliary verb ("오고 | 있어요" stays whole)."""
     spoken = 0
     for i, c in enumerate(text):
         if c.isalnum():
             spoken += 1
         elif c in OPENERS or c in "\"'":
             return None  # a quotation or an aside: leave it to the sentence rules
+        elif spoken < min_spoken:
+            continue
         elif c in CLAUSE_MARKS and i + 1 < len(text) and text[i + 1].isspace():
-            if spoken < min_spoken:
-                continue
             # Is there a sentence end before the comma? What confirms such an end lies before the comma too.
             return i + 1 if _find_boundary(text[: i + 1], final=True) is None else None
+        elif c.isspace() and i and _is_hangul(text[i - 1]) and _connective(text[text.rfind(" ", 0, i) + 1: i]):
+            k = _next_non_space(text, i)
+            following = text[k: k + 2]
+            if any(following.startswith(a) for a in _AUXILIARIES):
+                continue  # "-고 있다", "-고 싶다": one predicate, not two clauses
+            if k + 1 >= len(text) and any(a.startswith(following) for a in _AUXILIARIES):
+                return None  # the next word may still become an auxiliary: wait for it
+            return i if _find_boundary(text[:i], final=True) is None else None
     return None
+
+
+#: Hangul vowels (medial index) of the 아/어 stem that "-서" follows in "-아서/-어서": 가서, 해서, 와서, 추워서, 져서.
+_A_EO_VOWELS = frozenset({0, 1, 4, 6, 9, 10, 14})  # ㅏ ㅐ ㅓ ㅕ ㅘ ㅙ ㅝ
+#: Nouns that end like a connective and often start a Korean answer's first sentence ("최고 기온", "참고 자료").
+_NOUNS_LIKE_CONNECTIVES = frozenset({"최고", "광고", "창고", "사고", "참고", "경고", "재고", "신고", "원고", "금고",
+                                     "공고", "보고", "하고"})
+#: Words after "-고" that make one predicate with it, not a second clause.
+_AUXILIARIES = ("있", "싶", "계시", "계세", "계셨", "계신", "계실", "말았", "말아", "나서", "나면", "나니", "보니")
+
+
+def _connective(word: str) -> bool:
+    """Whether a whole Hangul word ends with a connective ending that closes a clause, where a speaker would pause:
+    -고, -는데/-ㄴ데, -지만, -면서, -아서/-어서. Korean joins clauses with these far more often than with commas
+    ("오늘은 하루 종일 맑고 따뜻해요"). Quotative -다고/-라고 and purposive -려고 are left out (what follows completes
+    them), and so are nouns that merely end like one."""
+    if len(word) < 2 or not all(_is_hangul(c) for c in word) or word in _NOUNS_LIKE_CONNECTIVES:
+        return False
+    before = ord(word[-2]) - 0xAC00
+    if word.endswith("고"):
+        return word[-2] not in "다라냐자려"
+    if word.endswith("데"):
+        return word.endswith("는데") or before % 28 == 4  # -는데, or a stem closed by ㄴ: 인데, 한데, 추운데
+    if word.endswith(("지만", "면서")):
+        return True
+    if word.endswith("서"):
+        return before % 28 == 0 and before // 28 % 21 in _A_EO_VOWELS
+    return False

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer", default=None, help="what the synthetic model answers (default: four sentences about "
                                                   "the weather)")
     p.add_argument("--first-clause-chars", type=int, default=None,
-                   help="the chat's first-clause release (default: the chat's own, 12; 0: sentences only)")
+                   help="the chat's first-clause release (default: the chat's own, 10; 0: sentences only)")
     p.add_argument("--audio-ms-per-char", type=float, default=80, help="synthetic speech length per character")
     p.add_argument("--input-minutes", type=float, default=10, help="length of the long interpreter input")
     p.add_argument("--eos-turns", type=int, default=0,

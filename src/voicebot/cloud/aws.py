@@ -46,9 +46,9 @@ def chat_settings_from_env() -> ChatSettings:
 
     return ChatSettings(
         topic_root=os.environ.get("TOPIC_ROOT", DEFAULT_TOPIC_ROOT),
-        history_turns=int(os.environ.get("HISTORY_TURNS", "6")),
+        history_turns=int(os.environ.get("HISTORY_TURNS", ChatSettings.history_turns)),
         max_question_chars=int(os.environ.get("MAX_QUESTION_CHARS", str(MAX_TRANSCRIPT_CHARS))),
-        first_clause_chars=int(os.environ.get("FIRST_CLAUSE_CHARS", "12")),
+        first_clause_chars=int(os.environ.get("FIRST_CLAUSE_CHARS", ChatSettings.first_clause_chars)),
     )
 
 

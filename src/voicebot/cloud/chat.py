@@ -55,9 +55,11 @@ class ChatSettings:
     reserve_s: float = 6.0
     """Time kept back from the Lambda's remaining time for the apology, the error event and the history write."""
     system_prompt: str = SYSTEM_PROMPT
-    first_clause_chars: int = 12
-    """The answer's first piece may end at a comma after this many letters (the device starts speaking before the
-    first sentence is complete); 0: sentences only."""
+    first_clause_chars: int = 10
+    """The answer's first piece may end at a comma or a Korean connective ending (맑고, 부는데, 와서) after this many
+    letters, so the device starts speaking before the first sentence is complete; 0: sentences only. Ten Hangul
+    letters are about twelve characters with spaces and 1.5 s of speech: long enough to cover what the rest of the
+    sentence needs (model and TTS), so no gap follows the first piece."""
     stream_sentences: bool = True
     """False = the source blog's whole-answer behaviour (wait for the full answer, one message): the benchmark's
     baseline. Never what a device should use."""
