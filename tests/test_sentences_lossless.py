@@ -68,7 +68,8 @@ def test_a_korean_connective_ending_ends_the_first_clause_but_not_an_auxiliary_o
                   "지금 서울에서는 다들 쉬고 싶어 해요.",
                   "기상청에서는 내일 비가 온다고 했어요.",  # quotative
                   "오늘 서울의 낮 기온이 최고 25도예요.",  # a noun that ends like -고
-                  "내일 아침에는 서울역 근처에서 만나요."):  # the particle 에서 is not -아서/-어서
+                  "내일 아침에는 서울역 근처에서 만나요.",  # the particle 에서 is not -아서/-어서
+                  "오늘 서울은 정말 맑아요 그리고 내일도 맑아요."):  # a conjunction opens the next clause
         assert first(whole) == whole, whole
     # the next word decides: "계" may still become "계세요" (an auxiliary), "계란" is not one
     s = SentenceSplitter(first_clause_chars=10)

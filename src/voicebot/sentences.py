@@ -349,9 +349,11 @@ def _first_clause(text: str, min_spoken: int) -> int | None:
 
 #: Hangul vowels (medial index) of the 아/어 stem that "-서" follows in "-아서/-어서": 가서, 해서, 와서, 추워서, 져서.
 _A_EO_VOWELS = frozenset({0, 1, 4, 6, 9, 10, 14})  # ㅏ ㅐ ㅓ ㅕ ㅘ ㅙ ㅝ
-#: Nouns that end like a connective and often start a Korean answer's first sentence ("최고 기온", "참고 자료").
-_NOUNS_LIKE_CONNECTIVES = frozenset({"최고", "광고", "창고", "사고", "참고", "경고", "재고", "신고", "원고", "금고",
-                                     "공고", "보고", "하고"})
+#: Words that end like a connective but do not close a clause: nouns often met in a first sentence ("최고 기온",
+#: "참고 자료"), and conjunctions, which open the next clause ("그리고 | 내일은" would break the wrong side).
+_NOT_CONNECTIVES = frozenset({"최고", "광고", "창고", "사고", "참고", "경고", "재고", "신고", "원고", "금고", "공고",
+                              "보고", "하고", "그리고", "그런데", "근데", "그래서", "하지만", "그렇지만", "그러면서",
+                              "그러고"})
 #: Words after "-고" that make one predicate with it, not a second clause.
 _AUXILIARIES = ("있", "싶", "계시", "계세", "계셨", "계신", "계실", "말았", "말아", "나서", "나면", "나니", "보니")
 
@@ -360,8 +362,8 @@ def _connective(word: str) -> bool:
     """Whether a whole Hangul word ends with a connective ending that closes a clause, where a speaker would pause:
     -고, -는데/-ㄴ데, -지만, -면서, -아서/-어서. Korean joins clauses with these far more often than with commas
     ("오늘은 하루 종일 맑고 따뜻해요"). Quotative -다고/-라고 and purposive -려고 are left out (what follows completes
-    them), and so are nouns that merely end like one."""
-    if len(word) < 2 or not all(_is_hangul(c) for c in word) or word in _NOUNS_LIKE_CONNECTIVES:
+    them), and so are nouns that merely end like one and conjunctions."""
+    if len(word) < 2 or not all(_is_hangul(c) for c in word) or word in _NOT_CONNECTIVES:
         return False
     before = ord(word[-2]) - 0xAC00
     if word.endswith("고"):
