@@ -40,6 +40,8 @@ class Spoken:
     text: str
     frames: list[bytes]
     speech_s: float
+    tail_s: float = 0.0
+    """The silence that fills the last frame after the last voiced sample."""
 
 
 def speak(text: str) -> Spoken:
@@ -55,7 +57,7 @@ def speak(text: str) -> Spoken:
     step = 16 * FRAME_MS
     padded = np.concatenate([samples, np.zeros(-len(samples) % step, dtype=np.int16)])
     frames = [padded[i:i + step].tobytes() for i in range(0, len(padded), step)]
-    return Spoken(text, frames, len(samples) / 16_000)
+    return Spoken(text, frames, len(samples) / 16_000, (len(padded) - len(samples)) / 16_000)
 
 
 class Script:
@@ -138,12 +140,16 @@ class Microphone:
                 spoken = self.pending.get_nowait()
                 self.script.current = spoken
                 frames = spoken.frames
+            delivered = 0.0
             for frame in frames:
                 next_at += FRAME_MS / 1000
                 await asyncio.sleep(max(0.0, next_at - loop.time()))  # a microphone delivers frames in real time
+                delivered = time.monotonic()
                 yield frame
             if spoken is not None:
-                self.script.speech_end = time.monotonic()
+                # A frame is delivered once it is whole: the last voiced sample was heard the tail of the frame
+                # earlier. That is the true end of speech, the moment the person stopped.
+                self.script.speech_end = delivered - spoken.tail_s
                 self.script.ended.set()
 
 
