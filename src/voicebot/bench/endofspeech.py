@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from voicebot.bench.stats import pct
 from voicebot.bench.turns import ROOT, Device, Stack, Turn
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import SttResult
@@ -232,12 +233,7 @@ def waterfall(rows: list[EosTurn], model: Any, tts: Any) -> dict[str, Any]:
                          "ratio": round((t.playing[first] - r.speech_end) / floor_s, 3)})
 
     def p(key: str, q: float) -> float | None:
-        values = sorted(v[key] for v in per_turn if v.get(key) is not None)
-        if not values:
-            return None
-        k = (len(values) - 1) * q
-        lo, hi = int(k), min(int(k) + 1, len(values) - 1)
-        return round(values[lo] + (values[hi] - values[lo]) * (k - lo), 3 if key == "ratio" else 1)
+        return pct([v[key] for v in per_turn if v.get(key) is not None], q, digits=3 if key == "ratio" else 1)
 
     stages = ["transcript", "chat_invoked", "first_token", "first_sentence", "first_audio", "first_playing"]
     return {"turns": len(per_turn), "p50": {k: p(k, 0.5) for k in [*stages, "floor_ms", "ratio"]},

@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 
 from voicebot.bench import cost, endofspeech, footprint
+from voicebot.bench.stats import pct
 from voicebot.bench.synthetic import ANSWER, SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
 from voicebot.sentences import SentenceSplitter
@@ -26,15 +27,6 @@ EOS_STAGES = [("transcript", "transcript"), ("chat_invoked", "chat"), ("first_to
               ("first_sentence", "first piece"), ("first_audio", "audio"), ("first_playing", "playing")]
 TARGETS = {"overhead_p95_ms": 30, "ttfa_ratio": 0.30, "gap_p95_ms": 50, "load_overhead_p95_ms": 100,
            "eos_p50_ms": 1000, "eos_p95_ms": 1400, "eos_floor_ratio_p50": 1.25}
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo), 1)
 
 
 def p50_p95(values: list[float]) -> dict[str, float | None]:

@@ -6,9 +6,11 @@ import argparse
 from pathlib import Path
 
 from voicebot.bench.cost import UnitPrices
+from voicebot.edge.settings import InterpreterConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    interpreter = InterpreterConfig.defaults()  # the component's own defaults (light: the model is not built)
     p.add_argument("--quick", action="store_true", help="fewer turns (under 2 minutes on 2 cores)")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--plot", type=Path, help="write the waterfall and TTFA distribution to this PNG")
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer", default=None, help="what the synthetic model answers (default: four sentences about "
                                                   "the weather)")
     p.add_argument("--first-clause-chars", type=int, default=None,
-                   help="the chat's first-clause release (default: the chat's own, 10; 0: sentences only)")
+                   help="the chat's first-clause release in letters (default: the chat's own; 0: sentences only)")
     p.add_argument("--audio-ms-per-char", type=float, default=80, help="synthetic speech length per character")
     p.add_argument("--input-minutes", type=float, default=10, help="length of the long interpreter input")
     p.add_argument("--eos-turns", type=int, default=0,
@@ -32,8 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "--skip-eos)")
     p.add_argument("--skip-eos", action="store_true", help="skip the end-of-speech phase")
     p.add_argument("--skip-eos-vosk", action="store_true", help="in that phase, skip the run with the real Vosk")
-    p.add_argument("--early-end-ms", type=int, default=250, help="the interpreter's EarlyEndMs in that phase")
-    p.add_argument("--preempt-ms", type=int, default=60, help="the interpreter's PreemptMs in that phase")
+    p.add_argument("--early-end-ms", type=int, default=interpreter.early_end_ms,
+                   help="the interpreter's EarlyEndMs in that phase")
+    p.add_argument("--preempt-ms", type=int, default=interpreter.preempt_ms,
+                   help="the interpreter's PreemptMs in that phase")
     p.add_argument("--stt-partial-lag-ms", type=float, default=150, help="synthetic recognizer: partials behind")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
     p.add_argument("--skip-footprint", action="store_true")

@@ -340,9 +340,7 @@ class Interpreter:
             return
         utterance.voiced_since += voiced  # (a frame, not a partial result: only frames are counted)
         if utterance.voiced_since >= self.vad.start_frames:
-            log.info("the person went on after %s; its early answer is cancelled", utterance.request_id[-8:])
-            self._send(self.topics.control, ControlMessage(action="cancel", request_id=utterance.request_id),
-                       QOS_AT_MOST_ONCE)
+            self._withdraw(utterance.request_id)
             utterance.replaces = utterance.request_id
             utterance.request_id, utterance.preempted, utterance.voiced_since = new_request_id(), None, 0
             utterance.last_partial = ""  # the new request gets its own partials
@@ -362,10 +360,13 @@ class Interpreter:
         preempted, self._preempted = self._preempted, None
         if preempted is None or self.clock() - preempted.at > self.settings.continuation_s:
             return
-        log.info("the person went on after %s; its early answer is cancelled", preempted.request_id[-8:])
-        self._send(self.topics.control, ControlMessage(action="cancel", request_id=preempted.request_id),
-                   QOS_AT_MOST_ONCE)
+        self._withdraw(preempted.request_id)
         utterance.prefix, utterance.replaces = preempted.text, preempted.request_id
+
+    def _withdraw(self, request_id: str) -> None:
+        """The person went on after an early transcript: its answer is cancelled on the device before it plays."""
+        log.info("the person went on after %s; its early answer is cancelled", request_id[-8:])
+        self._send(self.topics.control, ControlMessage(action="cancel", request_id=request_id), QOS_AT_MOST_ONCE)
 
     async def _abort_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
