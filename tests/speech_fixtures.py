@@ -26,6 +26,12 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), dtype=np.float32)
 
 
+def in_room(samples: np.ndarray, dbfs: float = -60.0, seed: int = 0) -> np.ndarray:
+    """As a microphone in a quiet room hears it: a noise floor, never digital silence."""
+    noise = np.random.default_rng(seed).normal(0.0, 10 ** (dbfs / 20), samples.size)
+    return (samples + noise).astype(np.float32)
+
+
 def write_wav(path: Path, *pieces: np.ndarray) -> Path:
     sf.write(path, np.concatenate(pieces), RATE, subtype="PCM_16")
     return path

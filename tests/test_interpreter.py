@@ -303,10 +303,10 @@ def test_live_configuration_changes_vad_tail_and_stop_word(topics, connect, vosk
     interpreter = Interpreter(connect("interpreter"), topics, PushSource(), vosk)
     old_vad = interpreter.vad
     interpreter.apply_config({"HangoverMs": "900", "VadAggressiveness": "3", "EchoTailS": "0.2", "StopWord": "멈춰",
-                              "PrerollMs": "oops", "PreemptMs": "90"})
+                              "PrerollMs": "oops", "PreemptMs": "90", "QuietMarginDb": "6"})
     s = interpreter.settings
     assert s.vad.hangover_ms == 900 and s.vad.aggressiveness == 3 and s.vad.preroll_ms == 300  # bad value: kept
-    assert s.vad.preempt_ms == 90
+    assert s.vad.preempt_ms == 90 and s.vad.quiet_margin_db == 6
     assert s.echo_tail_s == 0.2 == interpreter.echo_guard.echo_tail_s and s.stop_word_enabled and s.stop_word == "멈춰"
     assert interpreter.vad is not old_vad and interpreter.vad.settings == s.vad  # between utterances: at once
     interpreter.apply_config({"StopWord": ""})

@@ -10,6 +10,7 @@ import yaml
 
 from voicebot.cli import build_parser
 from voicebot.edge.settings import InterpreterConfig, PlayerConfig
+from voicebot.edge.vad import VadSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +35,16 @@ def test_the_cli_defaults_are_the_models():
     assert (interp.stt, interp.region, interp.source, interp.vad) == (i.stt, i.region, i.source, i.vad_engine)
     assert (interp.vad_aggressiveness, interp.preroll_ms, interp.hangover_ms, interp.max_utterance_s,
             interp.echo_tail_s) == (i.vad_aggressiveness, i.preroll_ms, i.hangover_ms, i.max_utterance_s, i.echo_tail_s)
+    assert (interp.early_end_ms, interp.preempt_ms, interp.quiet_margin_db) == (
+        i.early_end_ms, i.preempt_ms, i.quiet_margin_db)
+
+
+def test_the_vad_defaults_are_the_models():
+    """What a VAD built without the component configuration (tests, the bench) does is what a device does."""
+    v, i = VadSettings(), InterpreterConfig()
+    assert (v.engine, v.aggressiveness, v.preroll_ms, v.hangover_ms, v.max_utterance_s, v.early_end_ms, v.preempt_ms,
+            v.quiet_margin_db) == (i.vad_engine, i.vad_aggressiveness, i.preroll_ms, i.hangover_ms,
+                                   i.max_utterance_s, i.early_end_ms, i.preempt_ms, i.quiet_margin_db)
 
 
 def test_a_live_update_applies_the_valid_keys_and_keeps_the_rest(caplog):

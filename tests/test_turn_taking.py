@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 
+import numpy as np
 import pytest
 
 from tests.conftest import Recorder
-from tests.speech_fixtures import frames_of, silence, spoken
+from tests.speech_fixtures import frames_of, in_room, silence, spoken
 from tests.test_interpreter import PushSource
 from tests.test_interpreter_faults import QUICK, ScriptedBackend, ScriptedSession
 from voicebot.cloud.history import SqliteHistory
@@ -82,6 +83,7 @@ PREROLL = VadSettings().frames(VadSettings().preroll_ms)  # frames of silence a 
 @pytest.mark.parametrize(("text", "finished"), [
     ("오늘 날씨 어때요", True), ("불 꺼 줘", True), ("몇 시야?", True), ("알려 주세요", True),
     ("오늘 날씨가 좋은데", False), ("그리고", False), ("서울 날씨는", False), ("먹었고", False), ("음", False),
+    ("뭐야", True), ("몇 시야", True), ("내일 갈 거야", True), ("우산을 챙겨야", False), ("일찍 가야", False),
 ])
 def test_finished_sounding_korean(text, finished):
     assert looks_finished(text) is finished
@@ -134,15 +136,43 @@ def test_the_transcript_goes_out_before_the_turn_has_ended(topics):
     the early end, so the model writes during the rest of the wait."""
     speech = frames_of(spoken("오늘 날씨 어때요"))
     frames = frames_of(silence(0.3)) + speech + frames_of(silence(1.0))
-    seen: list[tuple[str, bool, int]] = []
-    transport = run(OneUtterance({5: "오늘 날씨 어때요"}), frames, topics, watch=lambda interpreter, m: seen.append(
-        (m.state, interpreter.vad.in_speech, interpreter.vad.silent_ms)))
-    done = [(in_speech, silent) for state, in_speech, silent in seen if state == "completed"]
+    seen: list[tuple[str, bool, int, int]] = []
+    transport = run(OneUtterance({len(speech): "오늘 날씨 어때요"}), frames, topics, watch=lambda interpreter, m:
+                    seen.append((m.state, interpreter.vad.in_speech, interpreter.vad.silent_ms,
+                                 interpreter.vad.quiet_ms)))
+    done = [(in_speech, silent, quiet) for state, in_speech, silent, quiet in seen if state == "completed"]
     settings = VadSettings()
     assert len(done) == 1  # the final result said the same: nothing more
-    in_speech, silent = done[0]
-    assert in_speech and settings.preempt_ms <= silent < settings.early_end_ms
+    in_speech, silent, quiet = done[0]
+    assert in_speech and settings.preempt_ms <= max(silent, quiet) and silent < settings.early_end_ms
     assert not [t for t, _ in transport.sent if t == topics.control]
+
+
+@pytest.mark.parametrize("quiet_margin_db", [10.0, 0.0])
+def test_the_silence_before_a_preemptive_transcript_starts_when_the_voice_stops(topics, quiet_margin_db):
+    """webrtcvad goes on calling the room "speech" for ~90 ms after a voice stops. The preemptive transcript counts
+    its silence from the voice's end (frames back at the room's noise floor), and webrtcvad's afterglow does not
+    count as the person going on; with the quiet margin off, it waits for webrtcvad."""
+    samples = spoken("오늘 날씨 어때요")
+    samples = samples[: np.nonzero(np.abs(samples) > 0.01)[0][-1] + 1]  # up to its last voiced sample
+    voice = frames_of(in_room(np.concatenate([samples, silence(0.03)]), seed=1))  # (the last frame: part voice)
+    frames = frames_of(in_room(silence(1.0), seed=2)) + voice + frames_of(in_room(silence(1.0), seed=3))
+    settings = VadSettings(quiet_margin_db=quiet_margin_db)
+    # The recognizer shows the words with the voice's last frame: the pre-roll holds the start frames and what was
+    # before them; frames are counted as the recognizer gets them.
+    last = PREROLL - settings.frames(settings.start_ms) + len(voice)
+    went_out: list[tuple[int, int, int]] = []
+    transport = run(OneUtterance({last: "오늘 날씨 어때요"}), frames, topics, vad=settings,
+                    watch=lambda interpreter, m: m.state == "completed" and went_out.append(
+                        (interpreter.frames_seen, interpreter.vad.silent_ms, interpreter.vad.quiet_ms)))
+    assert len(went_out) == 1 and not [t for t, _ in transport.sent if t == topics.control]  # never withdrawn
+    frame, silent, quiet = went_out[0]
+    after_voice_ms = (frame - len(frames_of(silence(1.0))) - len(voice)) * settings.frame_ms
+    if quiet_margin_db:
+        assert silent < settings.preempt_ms <= quiet  # webrtcvad still said "speech"
+        assert after_voice_ms == settings.preempt_ms
+    else:
+        assert silent == settings.preempt_ms and after_voice_ms > settings.preempt_ms
 
 
 def test_a_finished_sentence_ends_the_turn_after_a_short_silence(topics):
@@ -168,7 +198,8 @@ def test_going_on_after_an_early_transcript_cancels_its_answer_and_asks_the_whol
     if pause:  # two utterances
         recognizer = Sessions("오늘 날씨 어때요", "서울 말고 부산")
     else:  # one utterance, its words revealed as they are said
-        recognizer = OneUtterance({5: "오늘 날씨 어때요", PREROLL + len(FIRST) + 5: "오늘 날씨 어때요 서울 말고 부산"})
+        recognizer = OneUtterance({len(FIRST): "오늘 날씨 어때요",
+                                   PREROLL + len(FIRST) + 5: "오늘 날씨 어때요 서울 말고 부산"})
     observer = Recorder()
     connect("observer").subscribe(f"{topics.root}/#", 1, observer)
     slow_model = LoopbackChatModel(first_token_delay_s=1.0)  # the early answer is still being written meanwhile

@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--preempt-ms", type=int, default=INTERPRETER.preempt_ms,
                         help="silence after finished-sounding words at which the transcript goes out, before the turn "
                              "has ended (0: at the early end)")
+    interp.add_argument("--quiet-margin-db", type=float, default=INTERPRETER.quiet_margin_db,
+                        help="for --preempt-ms: frames this close to the room's noise floor count as silence, "
+                             "whatever webrtcvad says (0: webrtcvad alone)")
     interp.add_argument("--echo-tail-s", type=float, default=INTERPRETER.echo_tail_s)
     interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
 
@@ -163,7 +166,8 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     settings = InterpreterSettings(
         vad=VadSettings(engine=args.vad, aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
                         hangover_ms=args.hangover_ms, max_utterance_s=args.max_utterance_s,
-                        early_end_ms=args.early_end_ms, preempt_ms=args.preempt_ms),
+                        early_end_ms=args.early_end_ms, preempt_ms=args.preempt_ms,
+                        quiet_margin_db=args.quiet_margin_db),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
     )
     connection = connection_settings(args)

@@ -372,6 +372,13 @@ def _connective(word: str) -> bool:
         return word.endswith("는데") or before % 28 == 4  # -는데, or a stem closed by ㄴ: 인데, 한데, 추운데
     if word.endswith(("지만", "면서")):
         return True
-    if word.endswith("서"):
-        return before % 28 == 0 and before // 28 % 21 in _A_EO_VOWELS
-    return False
+    return a_eo_form(word, "서")
+
+
+def a_eo_form(word: str, ending: str) -> bool:
+    """Whether ``word`` is a verb's 아/어 form followed by ``ending``: 가서, 추워서, 먹어서; 챙겨야, 해야. The syllable
+    before the ending is open and has a vowel the 아/어 ending leaves."""
+    if len(word) <= len(ending) or not word.endswith(ending) or not _is_hangul(word[-len(ending) - 1]):
+        return False
+    before = ord(word[-len(ending) - 1]) - 0xAC00
+    return before % 28 == 0 and before // 28 % 21 in _A_EO_VOWELS

@@ -1,14 +1,16 @@
 """End of speech -> first sound: the latency a person feels, measured from the true end of their speech.
 
 The real interpreter (VAD, Korean-aware end of turn, the recognizer interface) hears spoken Korean questions
-(espeak-ng) paced in real time; a synthetic streaming recognizer gives partials ``partial_lag_s`` behind the audio and
-its final result ``final_delay_s`` after the audio ends (Transcribe-like); then the local stack with the synthetic
-model and TTS, and a player paced in real time. Each turn is cut short once its first sentence plays (the next
-question follows). The end of speech is known from the audio itself: its last voiced sample.
+(espeak-ng) paced in real time in a quiet room (-60 dBFS of noise, never digital silence); a synthetic streaming
+recognizer gives a partial result every ``partial_every_s`` with the words of the speech it has received (Transcribe:
+every 100-200 ms), optionally ``partial_lag_s`` later still, and its final result ``final_delay_s`` after the audio
+ends; then the local stack with the synthetic model and TTS, and a player paced in real time. Each turn is cut short
+once its first sentence plays (the next question follows). The end of speech is known from the audio itself: its
+last voiced sample.
 
 Run with the Korean-aware end of turn on (the default: early end + preemptive transcript) and off (hangover only),
-side by side. The floor is what no pipeline can avoid: the model's first sentence and its TTS.
-"""
+side by side, and on again with a recognizer slower to show the words. The floor is what no pipeline can avoid: the
+model's first sentence and its TTS."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from voicebot.protocol import QOS_AT_MOST_ONCE, ControlMessage, Topics, encode
 QUESTIONS = ["오늘 서울 날씨 어때요?", "내일 비가 올까요?", "지금 몇 시예요?", "우산을 챙겨야 할까요?",
              "주말에 뭐 하면 좋을까요?", "가까운 공원을 알려 주세요."]
 FRAME_MS = 30
+ROOM_NOISE_DBFS = -60.0  # a quiet room
 
 
 @dataclass
@@ -62,22 +65,28 @@ def speak(text: str) -> Spoken:
 
 
 class Script:
-    """What the person is saying right now (the synthetic recognizer's ground truth) and when they stopped."""
+    """What the person is saying right now (the synthetic recognizer's ground truth), how much of it the microphone
+    has delivered, and when they stopped."""
 
     def __init__(self) -> None:
         self.current: Spoken | None = None
+        self.heard_s = 0.0
+        """The part of the current question delivered so far (the interpreter passes each frame on at once)."""
         self.speech_end = 0.0
         self.ended = asyncio.Event()
 
 
 class SyntheticRecognizer:
-    """Streams like Transcribe: partials ``partial_lag_s`` behind the audio, revealing the words in proportion to the
-    speech heard so far; the final result ``final_delay_s`` after the audio ends."""
+    """Streams like Transcribe: a partial result every ``partial_every_s`` with the words of the speech it has
+    received by then (revealed in proportion to the speech), ``partial_lag_s`` later still for a recognizer that is
+    also slow to show them; the final result ``final_delay_s`` after the audio ends."""
 
     name = "synthetic-stt"
 
-    def __init__(self, script: Script, *, partial_lag_s: float = 0.15, final_delay_s: float = 0.3) -> None:
+    def __init__(self, script: Script, *, partial_every_s: float = 0.15, partial_lag_s: float = 0.0,
+                 final_delay_s: float = 0.3) -> None:
         self.script = script
+        self.partial_every_s = partial_every_s
         self.partial_lag_s = partial_lag_s
         self.final_delay_s = final_delay_s
 
@@ -92,6 +101,8 @@ class SyntheticSession:
         self.heard_s = 0.0
         self.shown = 0
         self.queue: asyncio.Queue[SttResult | None] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.ticker = self.loop.call_later(recognizer.partial_every_s, self._tick)
 
     def _words_at(self, seconds: float) -> str:
         words = self.spoken.text.split() if self.spoken else []
@@ -99,30 +110,33 @@ class SyntheticSession:
             int(len(words) * seconds / self.spoken.speech_s)
         return " ".join(words[:n])
 
-    async def send(self, pcm: bytes) -> None:
-        self.heard_s += len(pcm) / 32_000
+    def _tick(self) -> None:
         text = self._words_at(self.heard_s)
         if len(text) > self.shown:
             self.shown = len(text)
-            loop = asyncio.get_running_loop()
-            loop.call_later(self.recognizer.partial_lag_s, self.queue.put_nowait, SttResult(text, final=False))
+            self.loop.call_later(self.recognizer.partial_lag_s, self.queue.put_nowait, SttResult(text, final=False))
+        self.ticker = self.loop.call_later(self.recognizer.partial_every_s, self._tick)
+
+    async def send(self, pcm: bytes) -> None:
+        # What it has received of the question: the pre-roll's silence before the question is not speech.
+        self.heard_s = self.recognizer.script.heard_s
 
     async def finish(self) -> None:
-        loop = asyncio.get_running_loop()
+        self.ticker.cancel()
         text = self._words_at(self.heard_s)
-        loop.call_later(self.recognizer.final_delay_s, self.queue.put_nowait, SttResult(text, final=True))
-        loop.call_later(self.recognizer.final_delay_s, self.queue.put_nowait, None)
+        self.loop.call_later(self.recognizer.final_delay_s, self.queue.put_nowait, SttResult(text, final=True))
+        self.loop.call_later(self.recognizer.final_delay_s, self.queue.put_nowait, None)
 
     async def results(self) -> AsyncIterator[SttResult]:
         while (item := await self.queue.get()) is not None:
             yield item
 
     async def close(self) -> None:
-        pass
+        self.ticker.cancel()
 
 
 class Microphone:
-    """Plays the script into the interpreter in real time: silence, then each question when it is asked."""
+    """Plays the script into the interpreter in real time: a quiet room, then each question when it is asked."""
 
     description = "bench microphone"
 
@@ -130,6 +144,14 @@ class Microphone:
         self.script = script
         self.pending: asyncio.Queue[Spoken] = asyncio.Queue()
         self.silence = bytes(2 * 16 * FRAME_MS)
+        self.noise = np.random.default_rng(0)
+        self.room_frames = 0  # the device listens to the room a while before anyone speaks (as after it starts)
+
+    def _in_room(self, frame: bytes) -> bytes:
+        """The frame as a microphone in a quiet room hears it: with a noise floor, never digital silence."""
+        samples = np.frombuffer(frame, "<i2").astype(np.float64)
+        samples += self.noise.normal(0.0, 32768 * 10 ** (ROOM_NOISE_DBFS / 20), samples.size)
+        return np.clip(samples, -32768, 32767).astype("<i2").tobytes()
 
     async def frames(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
@@ -137,16 +159,20 @@ class Microphone:
         while True:
             frames: list[bytes] = [self.silence]
             spoken = None
-            if not self.pending.empty():
+            if self.room_frames * FRAME_MS < 1000:
+                self.room_frames += 1
+            elif not self.pending.empty():
                 spoken = self.pending.get_nowait()
-                self.script.current = spoken
+                self.script.current, self.script.heard_s = spoken, 0.0
                 frames = spoken.frames
             delivered = 0.0
-            for frame in frames:
+            for i, frame in enumerate(frames):
                 next_at += FRAME_MS / 1000
                 await asyncio.sleep(max(0.0, next_at - loop.time()))  # a microphone delivers frames in real time
                 delivered = time.monotonic()
-                yield frame
+                if spoken is not None:
+                    self.script.heard_s = min(spoken.speech_s, (i + 1) * FRAME_MS / 1000)
+                yield self._in_room(frame)
             if spoken is not None:
                 # A frame is delivered once it is whole: the last voiced sample was heard the tail of the frame
                 # earlier. That is the true end of speech, the moment the person stopped.
@@ -241,22 +267,28 @@ def waterfall(rows: list[EosTurn], model: Any, tts: Any) -> dict[str, Any]:
             "median_floor_ms": statistics.median([v["floor_ms"] for v in per_turn]) if per_turn else None}
 
 
-def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_lag_s: float, final_delay_s: float,
-            preempt_ms: int = VadSettings.preempt_ms, vosk: bool = False) -> dict:
+def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_every_s: float, partial_lag_s: float,
+            final_delay_s: float, preempt_ms: int = VadSettings.preempt_ms, slow_lag_s: float = 0.0,
+            vosk: bool = False) -> dict:
     """Both modes on the same stack: the Korean-aware early end (with preemptive transcripts) and the hangover only;
-    with ``vosk``, the early end once more with the real Vosk recognizer on the device's CPU."""
+    with ``slow_lag_s``, the early end once more with a recognizer that shows each partial that much later; with
+    ``vosk``, once more with the real Vosk recognizer on the device's CPU."""
     spoken = [speak(q) for q in QUESTIONS]
-    recognizer = {"partial_lag_s": partial_lag_s, "final_delay_s": final_delay_s}
-    result: dict[str, Any] = {}
-    for name, ms in (("early_end", early_end_ms), ("hangover_only", 0)):
-        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, preempt_ms=preempt_ms, turns=turns,
-                                    recognizer=recognizer, label=name))
-        result[name] = waterfall(rows, stack.model, stack.tts)
+    recognizer = {"partial_every_s": partial_every_s, "partial_lag_s": partial_lag_s, "final_delay_s": final_delay_s}
+    runs: list[tuple[str, int, dict[str, float], Any]] = [
+        ("early_end", early_end_ms, recognizer, None), ("hangover_only", 0, recognizer, None)]
+    if slow_lag_s:
+        runs.append(("slow_stt_early_end", early_end_ms, {**recognizer, "partial_lag_s": partial_lag_s + slow_lag_s},
+                     None))
     if vosk:
         from voicebot.edge.stt import VoskBackend
 
-        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=early_end_ms, preempt_ms=preempt_ms, turns=turns,
-                                    recognizer=recognizer, stt=VoskBackend(), label="vosk"))
-        result["vosk_early_end"] = waterfall(rows, stack.model, stack.tts)
-    result["parameters"] = {"early_end_ms": early_end_ms, "preempt_ms": preempt_ms, "turns": turns, **recognizer}
+        runs.append(("vosk_early_end", early_end_ms, recognizer, VoskBackend()))
+    result: dict[str, Any] = {}
+    for name, ms, timing, stt in runs:
+        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, preempt_ms=preempt_ms, turns=turns,
+                                    recognizer=timing, stt=stt, label=name))
+        result[name] = waterfall(rows, stack.model, stack.tts)
+    result["parameters"] = {"early_end_ms": early_end_ms, "preempt_ms": preempt_ms, "turns": turns,
+                            "slow_lag_s": slow_lag_s, **recognizer}
     return result

@@ -81,8 +81,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds, spread_s=args.fleet_spread_s))
         eos = None if args.skip_eos else endofspeech.measure(
             stack, turns=args.eos_turns or (6 if args.quick else 20), early_end_ms=args.early_end_ms,
-            preempt_ms=args.preempt_ms, partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000,
-            vosk=not args.skip_eos_vosk)
+            preempt_ms=args.preempt_ms, partial_every_s=args.stt_partial_every_ms / 1000,
+            partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000,
+            slow_lag_s=args.stt_slow_lag_ms / 1000, vosk=not args.skip_eos_vosk)
         foot = footprint.measure(stack.broker.url, minutes=args.input_minutes) if not args.skip_footprint else None
     finally:
         stack.close()
@@ -187,6 +188,11 @@ def table(r: dict[str, Any]) -> str:
             row("  ratio to the floor p50 (floor ms)", f"{on['p50']['ratio']} / {off['p50']['ratio']} "
                 f"({on['median_floor_ms']:.0f})", f"target <= {TARGETS['eos_floor_ratio_p50']}"),
         ]
+        if eos.get("slow_stt_early_end"):
+            v = eos["slow_stt_early_end"]
+            lag = round(eos["parameters"]["slow_lag_s"] * 1000)
+            lines.append(row(f"  same, partials {lag} ms later p50 / p95 (ms)",
+                             f"{v['p50']['first_playing']} / {v['p95']['first_playing']}"))
         if eos.get("vosk_early_end"):
             v = eos["vosk_early_end"]
             lines.append(row("  same with Vosk (on this CPU) p50 / p95 (ms)",

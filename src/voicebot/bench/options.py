@@ -38,7 +38,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the interpreter's EarlyEndMs in that phase")
     p.add_argument("--preempt-ms", type=int, default=interpreter.preempt_ms,
                    help="the interpreter's PreemptMs in that phase")
-    p.add_argument("--stt-partial-lag-ms", type=float, default=150, help="synthetic recognizer: partials behind")
+    p.add_argument("--stt-partial-every-ms", type=float, default=150,
+                   help="synthetic recognizer: a partial result this often (Transcribe: every 100-200 ms)")
+    p.add_argument("--stt-partial-lag-ms", type=float, default=0,
+                   help="synthetic recognizer: each partial this much later still (a recognizer slow to show words)")
+    p.add_argument("--stt-slow-lag-ms", type=float, default=150,
+                   help="run the early end once more with partials this much later (0: skip that run)")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
     p.add_argument("--skip-footprint", action="store_true")
     p.add_argument("--price-transcribe-per-min", type=float, default=UnitPrices.transcribe_per_min)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from voicebot.sentences import a_eo_form
+
 #: Word endings that finish a Korean sentence (declarative, interrogative, imperative, propositive; polite and plain).
 FINAL_ENDINGS = (
     "요", "다", "까", "죠", "지", "니다", "세요", "네요", "군요", "래요", "대요", "나요", "가요", "을까", "ㄹ까",
@@ -24,6 +26,9 @@ CONTINUING = (
     "거나", "든지", "다가", "자마자", "는", "은", "을", "를", "이", "가", "의", "에", "에서", "로", "으로", "와", "과", "랑",
     "하고", "이랑", "보다", "처럼", "만", "도",
 )
+#: 야 after a noun is the copula and finishes ("뭐야", "몇 시야", "할 거야"); after a verb's 아/어 form it is -아야/-어야
+#: ("must") and the sentence goes on: "우산을 챙겨야 | 할까요".
+COPULA_YA = ("뭐야", "거야")
 _LAST_WORD = re.compile(r"([^\s.,!?…~]+)\s*([.!?…~]*)\s*$")
 
 
@@ -38,5 +43,7 @@ def looks_finished(text: str) -> bool:
     if len(word) == 1:  # a particle or a filler never stands alone at the end; a short verb does
         return word in FINAL_WORDS
     if word in CONTINUING or (word.endswith(CONTINUING) and not word.endswith(FINAL_ENDINGS)):
+        return False
+    if a_eo_form(word, "야") and not word.endswith(COPULA_YA):
         return False
     return word.endswith(FINAL_ENDINGS)

@@ -186,12 +186,13 @@ class Interpreter:
         new = InterpreterConfig(
             vad_engine=vad.engine, vad_aggressiveness=vad.aggressiveness, preroll_ms=vad.preroll_ms,
             hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, early_end_ms=vad.early_end_ms,
-            preempt_ms=vad.preempt_ms, echo_tail_s=s.echo_tail_s,
+            preempt_ms=vad.preempt_ms, quiet_margin_db=vad.quiet_margin_db, echo_tail_s=s.echo_tail_s,
             stop_word=s.stop_word if s.stop_word_enabled else "",
         ).merged(config)
         new_vad = replace(vad, engine=new.vad_engine, aggressiveness=new.vad_aggressiveness,
                           preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s,
-                          early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms)
+                          early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms,
+                          quiet_margin_db=new.quiet_margin_db)
         self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
         self.echo_guard.echo_tail_s = new.echo_tail_s
@@ -262,7 +263,7 @@ class Interpreter:
             elif isinstance(event, SpeechAudio) and self._utterance:
                 self.stt_bytes += len(event.frame)
                 await self._utterance.transcriber.send(event.frame)
-                self._watch_preemption(self._utterance, voiced=self.vad.last_voiced)
+                self._watch_preemption(self._utterance, voiced=self.vad.hears_voice)
             elif isinstance(event, SpeechEnded) and self._utterance:
                 utterance, self._utterance = self._utterance, None
                 if self._next_vad is not None:  # new VAD settings arrived mid-utterance
@@ -335,8 +336,9 @@ class Interpreter:
         if utterance is not self._utterance or not vad.early_end_ms or not vad.preempt_ms:
             return
         if utterance.preempted is None:
-            if utterance.heard and self.vad.early_end and self.vad.silent_ms >= vad.preempt_ms:
-                self._preempt(utterance, now_ms() - self.vad.silent_ms)
+            silent_ms = max(self.vad.silent_ms, self.vad.quiet_ms)  # (quiet: the voice has stopped, whatever the VAD)
+            if utterance.heard and self.vad.early_end and silent_ms >= vad.preempt_ms:
+                self._preempt(utterance, now_ms() - silent_ms)
             return
         utterance.voiced_since += voiced  # (a frame, not a partial result: only frames are counted)
         if utterance.voiced_since >= self.vad.start_frames:

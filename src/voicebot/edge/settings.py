@@ -86,6 +86,9 @@ class InterpreterConfig(ComponentSettings):
     """With an early end: silence after finished-sounding words at which the transcript already goes out, so the
     answer is being written while the turn's end is confirmed (speech before then withdraws it); 0: at the early
     end."""
+    quiet_margin_db: float = Field(10.0, alias="QuietMarginDb", ge=0.0, le=40.0)
+    """For PreemptMs: frames within this many dB of the room's noise floor count as silence even while webrtcvad,
+    which smooths its verdict over ~90 ms, still calls them speech; 0: webrtcvad alone."""
     echo_tail_s: float = Field(0.4, alias="EchoTailS", ge=0.0, le=5.0)
     stop_word: str = Field("", alias="StopWord", max_length=20)
     """Empty: no stop word. Heard while the device speaks, it cancels the answer."""

@@ -7,9 +7,13 @@ start (so the first syllable is not lost) and ends after a hangover of silence o
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 SAMPLE_RATE = 16_000
 
@@ -33,6 +37,11 @@ class VadSettings:
     """Silence after finished-sounding words at which the transcript goes out before the turn has ended, so the
     answer is being written during the rest of the wait (speech before the turn ends withdraws it). Only with an
     early end; 0: the transcript goes out at the early end."""
+    quiet_margin_db: float = 10.0
+    """For that silence, a frame within this much of the room's noise floor (learnt from the unvoiced frames between
+    utterances) counts as silent even while webrtcvad still calls it speech: webrtcvad smooths its verdict and goes on
+    saying "speech" for ~90 ms after the voice stops. Where the room is as loud as the voice, nothing is quiet and
+    webrtcvad alone decides. 0: webrtcvad alone."""
 
     def frames(self, ms: float) -> int:
         return max(1, round(ms / self.frame_ms))
@@ -59,6 +68,12 @@ class SpeechEnded:
 
 
 VadEvent = SpeechStarted | SpeechAudio | SpeechEnded
+
+
+def level_db(frame: bytes) -> float:
+    """The frame's energy in dB relative to full scale (-120 for digital silence)."""
+    samples = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32768.0
+    return 10 * math.log10(float(np.mean(samples * samples)) + 1e-12)
 
 
 def webrtc_classifier(aggressiveness: int) -> Callable[[bytes], bool]:
@@ -119,13 +134,30 @@ class VadGate:
         self.in_speech = False
         self.last_voiced = False
         """The latest frame's verdict."""
+        self.last_quiet = False
+        """The latest frame was near the noise floor (``quiet_margin_db``)."""
         self._silent_run = 0
+        self._quiet_run = 0
         self._length = 0
+        # The room's noise floor: the levels of the latest unvoiced frames between utterances (a second of them: a
+        # room changes slowly) and their median, computed once per utterance.
+        self._floor: deque[float] = deque(maxlen=s.frames(1000))
+        self._floor_db: float | None = None
 
     @property
     def silent_ms(self) -> int:
         """Silence since the last voiced frame of the current utterance."""
         return self._silent_run * self.settings.frame_ms
+
+    @property
+    def quiet_ms(self) -> int:
+        """Time near the noise floor since the last frame above it, in the current utterance."""
+        return self._quiet_run * self.settings.frame_ms
+
+    @property
+    def hears_voice(self) -> bool:
+        """The latest frame is voice: called speech, and above the noise floor (not webrtcvad's own afterglow)."""
+        return self.last_voiced and not self.last_quiet
 
     @property
     def start_frames(self) -> int:
@@ -136,25 +168,32 @@ class VadGate:
         self._preroll.clear()
         self.in_speech = False
         self.early_end = False
-        self._silent_run = 0
+        self._silent_run = self._quiet_run = 0
         self._length = 0
 
     def process(self, frame: bytes) -> list[VadEvent]:
         if len(frame) != self.settings.frame_bytes:
             raise ValueError(f"VAD frames must be {self.settings.frame_bytes} bytes, got {len(frame)}")
         voiced = self.last_voiced = self.is_speech(frame)
+        level = level_db(frame) if self.settings.quiet_margin_db > 0 else 0.0
         if not self.in_speech:
+            self.last_quiet = False
+            if not voiced and self.settings.quiet_margin_db > 0:
+                self._floor.append(level)
+                self._floor_db = None
             self._preroll.append((frame, voiced))
             recent = list(self._preroll)[-self._start_window:]
             if sum(v for _, v in recent) >= self._start_needed:
                 keep = self.settings.frames(self.settings.preroll_ms)
                 preroll = [f for f, _ in list(self._preroll)[-keep:]]
                 self._preroll.clear()
-                self.in_speech, self._silent_run, self._length = True, 0, len(preroll)
+                self.in_speech, self._silent_run, self._quiet_run, self._length = True, 0, 0, len(preroll)
                 return [SpeechStarted(preroll)]
             return []
         self._length += 1
         self._silent_run = 0 if voiced else self._silent_run + 1
+        self.last_quiet = self._quiet(level)
+        self._quiet_run = self._quiet_run + 1 if self.last_quiet else 0
         events: list[VadEvent] = [SpeechAudio(frame)]
         if self._silent_run >= self._hangover:
             events.append(self._end("silence"))
@@ -164,10 +203,17 @@ class VadGate:
             events.append(self._end("max length"))
         return events
 
+    def _quiet(self, level: float) -> bool:
+        if self.settings.quiet_margin_db <= 0 or not self._floor:
+            return False
+        if self._floor_db is None:  # (once per utterance: the floor only learns between utterances)
+            self._floor_db = statistics.median(self._floor)
+        return level < self._floor_db + self.settings.quiet_margin_db
+
     def flush(self) -> list[VadEvent]:
         return [self._end("flush")] if self.in_speech else []
 
     def _end(self, reason: str) -> SpeechEnded:
         silence = self._silent_run * self.settings.frame_ms
-        self.in_speech, self._silent_run, self._length, self.early_end = False, 0, 0, False
+        self.in_speech, self._silent_run, self._quiet_run, self._length, self.early_end = False, 0, 0, 0, False
         return SpeechEnded(reason, silence)
