@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 
-from voicebot.bench import cost, footprint
+from voicebot.bench import cost, endofspeech, footprint
 from voicebot.bench.synthetic import ANSWER
 from voicebot.cloud.chat import ChatSettings
+from voicebot.edge.stt import SttResult
 from voicebot.sentences import SentenceSplitter
 
 
@@ -36,10 +38,34 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert "pipeline overhead" in proc.stdout and "ttfa ratio" in proc.stdout
     eos = r["end_of_speech"]
     assert eos["early_end"]["turns"] == 2 and eos["hangover_only"]["turns"] == 2
-    # the early end sends the transcript sooner after the end of speech than the hangover does
+    # the early end sends the transcript sooner after the end of speech than the hangover does, and a recognizer
+    # that shows its words later makes it later
     assert eos["early_end"]["p50"]["transcript"] < eos["hangover_only"]["p50"]["transcript"]
+    assert eos["early_end"]["p50"]["transcript"] < eos["slow_stt_early_end"]["p50"]["transcript"]
     assert 0 < eos["early_end"]["p50"]["floor_ms"] < eos["early_end"]["p50"]["first_playing"]
     assert "end of speech -> first audio" in proc.stdout and "waterfall p50 (ms), on: transcript" in proc.stdout
+
+
+def test_the_synthetic_recognizer_shows_only_the_words_already_spoken():
+    """It goes by the speech the microphone has delivered, not by the audio it received: a pre-roll of silence before
+    the question is not words."""
+    script = endofspeech.Script()
+    script.current = endofspeech.Spoken("오늘 서울 날씨 어때요?", [], speech_s=1.0)
+
+    async def main() -> list[SttResult]:
+        session = await endofspeech.SyntheticRecognizer(script, partial_every_s=0.001).open()
+        script.heard_s = 0.3
+        await session.send(bytes(2 * 16 * 300))  # a 300 ms pre-roll, most of it the silence before the question
+        partials = [await session.queue.get()]
+        script.heard_s = 1.0
+        await session.send(bytes(2 * 16 * 30))
+        partials.append(await session.queue.get())
+        await session.finish()
+        return [*partials, *[result async for result in session.results()]]
+
+    shown = asyncio.run(main())
+    assert [(r.text, r.final) for r in shown] == [("오늘", False), ("오늘 서울 날씨 어때요?", False),
+                                                  ("오늘 서울 날씨 어때요?", True)]
 
 
 def test_footprint_on_a_short_input(broker):
