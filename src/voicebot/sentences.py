@@ -96,7 +96,8 @@ class SentenceSplitter:
     def __init__(self, *, min_chars: int = 4, first_clause_chars: int = 0) -> None:
         self.min_chars = min_chars
         self.first_clause_chars = first_clause_chars
-        """0: sentences only. Else the first piece may end at a comma after this many letters (see the module)."""
+        """0: sentences only. Else the first piece may end at a comma or a connective ending after this many letters
+        (see the module)."""
         self._buffer = ""
         self._pending = ""  # a fragment too short to speak alone, waiting for the next sentence
         self._released = 0

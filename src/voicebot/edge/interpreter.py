@@ -336,7 +336,7 @@ class Interpreter:
         if utterance is not self._utterance or not vad.early_end_ms or not vad.preempt_ms:
             return
         if utterance.preempted is None:
-            silent_ms = max(self.vad.silent_ms, self.vad.quiet_ms)  # (quiet: the voice has stopped, whatever the VAD)
+            silent_ms = self.vad.voice_silent_ms
             if utterance.heard and self.vad.early_end and silent_ms >= vad.preempt_ms:
                 self._preempt(utterance, now_ms() - silent_ms)
             return

@@ -155,6 +155,11 @@ class VadGate:
         return self._quiet_run * self.settings.frame_ms
 
     @property
+    def voice_silent_ms(self) -> int:
+        """Silence since the voice stopped: webrtcvad's, or sooner the frames back at the noise floor."""
+        return max(self.silent_ms, self.quiet_ms)
+
+    @property
     def hears_voice(self) -> bool:
         """The latest frame is voice: called speech, and above the noise floor (not webrtcvad's own afterglow)."""
         return self.last_voiced and not self.last_quiet
