@@ -213,8 +213,10 @@ def test_player_over_ipc_subscribes_right_and_applies_a_configuration_update_liv
 
 def test_a_bad_configuration_value_keeps_the_old_one(ipc):
     player = Player(IpcTransport(ipc), Topics("voicebot", "pi"), NullSink(realtime=False))
-    player.apply_config({"Volume": "loud", "GapTimeoutS": "2"})
+    player.apply_config({"Volume": "loud", "GapTimeoutS": "2", "Volume2": "0.5"})
     assert player.volume == 1.0 and player.queue.gap_timeout_s == 2.0
+    errors = [e.detail for e in player.events if e.type == "error"]  # what the monitor and the console see
+    assert len(errors) == 2 and "Volume2" in errors[0] and "Volume='loud' rejected" in errors[1], errors
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -51,6 +51,20 @@ def test_a_live_update_applies_the_valid_keys_and_keeps_the_rest(caplog):
     current = PlayerConfig(volume=0.5)
     new = current.merged({"Volume": "1.5", "GapTimeoutS": "2.5", "Unknown": "x"})
     assert new.volume == 0.5 and new.gap_timeout_s == 2.5  # 1.5 is out of range: kept 0.5
-    assert "Volume='1.5' is not valid" in caplog.text
+    assert "Volume='1.5' rejected" in caplog.text and "unknown setting 'Unknown'" in caplog.text
     interp = InterpreterConfig().merged({"HangoverMs": "50", "PrerollMs": "400", "SttBackend": "whisper"})
     assert (interp.hangover_ms, interp.preroll_ms, interp.stt) == (700, 400, "transcribe")
+
+
+def test_a_boolean_is_not_a_number_and_every_problem_is_reported_once():
+    """``Volume: true`` was taken as 1.0 by pydantic's lax floats; numbers as strings (as Greengrass stores them)
+    still work, and each rejected value or unknown key is one line naming the key."""
+    problems: list[str] = []
+    new = PlayerConfig(volume=0.5).merged({"Volume": True, "GapTimeoutS": "2", "Volumen": "0.3",
+                                           "accessControl": {"x": 1}}, problems)
+    assert new.volume == 0.5 and new.gap_timeout_s == 2.0
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("unknown setting 'Volumen'")
+    assert problems[1].startswith("setting Volume='True' rejected") and "keeping 0.5" in problems[1]
+    assert InterpreterConfig().merged({"HangoverMs": False}).hangover_ms == 700
+    assert InterpreterConfig().merged({"HangoverMs": 900}).hangover_ms == 900  # a real number still works

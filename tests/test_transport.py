@@ -63,3 +63,25 @@ def test_outbox_bounds_what_waits_for_the_connection(caplog):
         await outbox.drain(0.05)  # gives up after the timeout instead of hanging a shutdown
 
     asyncio.run(drain())
+
+
+def test_the_same_client_id_twice_stops_the_older_client_instead_of_a_reconnect_fight(broker, caplog):
+    """Two processes with one thing name: MQTT5 tells the first that its session was taken over. It says so in one
+    line and stops, instead of reconnecting and throwing the other one out in turn, for ever."""
+    import threading
+
+    settings = ConnectionSettings(broker=broker.url)
+    first = Mqtt5Transport(settings, client_id="voicebot-player-twice")
+    lost: list[str] = []
+    told = threading.Event()
+    first.on_lost(lambda reason: (lost.append(reason), told.set()))
+    second = Mqtt5Transport(settings, client_id="voicebot-player-twice")
+    try:
+        assert told.wait(10), "the first client was never told"
+        assert first.taken_over and not first.connected and "same thing name" in lost[0]
+        # The second keeps its connection from now on: it is not thrown out again by a reconnecting first client.
+        assert not second.wait_for_disconnections(second.disconnections + 1, 3.0) and second.connected
+        assert caplog.text.count("session taken over") == 1
+    finally:
+        first.close()
+        second.close()

@@ -181,14 +181,17 @@ class Interpreter:
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Live settings from the component configuration. A new VAD takes over between utterances; a bad value
-        keeps the current one (logged once)."""
+        keeps the current one and is reported once (a log line and an ``error`` event naming the key)."""
         vad, s = self.settings.vad, self.settings
+        problems: list[str] = []
         new = InterpreterConfig(
             vad_engine=vad.engine, vad_aggressiveness=vad.aggressiveness, preroll_ms=vad.preroll_ms,
             hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, early_end_ms=vad.early_end_ms,
             preempt_ms=vad.preempt_ms, quiet_margin_db=vad.quiet_margin_db, echo_tail_s=s.echo_tail_s,
             stop_word=s.stop_word if s.stop_word_enabled else "",
-        ).merged(config)
+        ).merged(config, problems)
+        for line in problems:
+            self._emit_event("error", detail=f"configuration: {line}")
         new_vad = replace(vad, engine=new.vad_engine, aggressiveness=new.vad_aggressiveness,
                           preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s,
                           early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms,

@@ -92,9 +92,13 @@ class Player:
         self._reopening: asyncio.Task[None] | None = None
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
-        """Live settings from the component configuration; a bad value keeps the current one (logged once)."""
-        new = PlayerConfig(volume=self.volume, gap_timeout_s=self.queue.gap_timeout_s).merged(config)
+        """Live settings from the component configuration; a bad value or an unknown key keeps the current one and
+        is reported once (a log line and an ``error`` event naming the key)."""
+        problems: list[str] = []
+        new = PlayerConfig(volume=self.volume, gap_timeout_s=self.queue.gap_timeout_s).merged(config, problems)
         self.volume, self.queue.gap_timeout_s = new.volume, new.gap_timeout_s
+        for line in problems:
+            self._emit("error", detail=f"configuration: {line}")
 
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()

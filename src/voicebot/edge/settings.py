@@ -4,8 +4,10 @@ Both front doors build from these models (the Greengrass entry from the componen
 flags, whose defaults are read from here), so a default exists once and cannot drift, and a test holds the recipes'
 ``DefaultConfiguration`` to the same values. Bounds are part of the model: ``Volume`` 0-1, ``HangoverMs`` 100-5000...
 
-A live configuration update is applied key by key: a bad value (``Volume: "loud"``) is logged once and that one
-setting keeps its current value; the others still change.
+A live configuration update is applied key by key: a bad value (``Volume: "loud"``, ``Volume: true``) or an unknown
+key is logged once and reported (the components publish it as an ``error`` event); that one setting keeps its last
+good value and the others still change. Types are strict where it matters: a boolean is never a number. Numbers may
+arrive as strings, as Greengrass stores them.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound="ComponentSettings")
+
+#: Keys of a component's configuration that are not settings of the process (Greengrass reads them itself).
+NOT_SETTINGS = frozenset({"accessControl"})
 
 
 class ComponentSettings(BaseModel):
@@ -39,9 +44,25 @@ class ComponentSettings(BaseModel):
         as strings when they are written so)."""
         return {field.alias or name: str(field.default) for name, field in cls.model_fields.items()}
 
-    def merged(self: S, config: Mapping[str, Any]) -> S:
-        """These settings with every valid value of ``config`` applied (keys as in the recipe; others ignored)."""
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic's lax mode takes ``true`` as 1.0: a volume of ``true`` is a mistake, not full volume."""
+        if isinstance(value, bool) and cls.model_fields[info.field_name or ""].annotation is not bool:
+            raise ValueError("a boolean is not allowed here")
+        return value
+
+    def merged(self: S, config: Mapping[str, Any], problems: list[str] | None = None) -> S:
+        """These settings with every valid value of ``config`` applied (keys as in the recipe). Each rejected value
+        and each unknown key is logged once and, when ``problems`` is given, described there (one line each)."""
         current = self.model_dump(by_alias=True)
+        known = {field.alias or name for name, field in type(self).model_fields.items()}
+        for key in config:
+            if key not in known and key not in NOT_SETTINGS:
+                line = f"unknown setting {str(key)[:60]!r} ignored (known: {', '.join(sorted(known))})"
+                log.warning("configuration: %s", line)
+                if problems is not None:
+                    problems.append(line)
         for name, field in type(self).model_fields.items():
             key = field.alias or name
             if key not in config:
@@ -49,8 +70,11 @@ class ComponentSettings(BaseModel):
             try:
                 current = type(self).model_validate({**current, key: config[key]}).model_dump(by_alias=True)
             except ValidationError as exc:
-                log.warning("configuration %s=%r is not valid (%s); keeping %r", key, str(config[key])[:80],
-                            exc.errors()[0]["msg"], current[key])
+                line = (f"setting {key}={str(config[key])[:80]!r} rejected ({exc.errors()[0]['msg']}); "
+                        f"keeping {current[key]!r}")
+                log.warning("configuration: %s", line)
+                if problems is not None:
+                    problems.append(line)
         return type(self).model_validate(current)
 
 
