@@ -92,6 +92,8 @@ def test_gdk_builds_and_publishes_every_component_folder(gdk, aws):
         assert uploaded == built
         names = zipfile.ZipFile(folder / "greengrass-build" / "artifacts" / name / "1.0.0" / f"{artifact}.zip").namelist()
         assert {"main.py", "install.sh", "requirements.txt", "build-id"} <= set(names)
+        if artifact == "voicebot-player":  # the apology clips, rendered at build time (no TTS on the device)
+            assert {"clips/trouble.wav", "clips/offline.wav"} <= set(names)
     bundle = aws.recipes[("com.voicebot.VoiceBot", "1.0.0")]
     assert set(bundle["ComponentDependencies"]) == {"com.voicebot.VoiceInterpreter", "com.voicebot.VoicePlayer"}
 

@@ -14,7 +14,7 @@ from voicebot.edge.audio import FrameRing
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import RetryPolicy, SttResult, TranscribeBackend
 from voicebot.messaging import MemoryTransport
-from voicebot.protocol import EventMessage, Topics, TranscriptMessage, decode
+from voicebot.protocol import ControlMessage, EventMessage, Topics, TranscriptMessage, decode
 
 QUICK = RetryPolicy(first_delay_s=0.01, max_delay_s=0.02, attempts=2, open_timeout_s=0.2, end_timeout_s=0.3)
 TOPICS = Topics("voicebot", "faults")
@@ -60,6 +60,10 @@ def test_an_unreachable_transcribe_never_stalls_the_microphone_loop():
     errors = [e for e in sent(transport, EventMessage, TOPICS.event) if e.type == "error"]
     assert errors and all("speech recognition failed" in e.detail for e in errors)
     assert not sent(transport, TranscriptMessage, TOPICS.transcript)
+    # The person is not left in silence: the player is told to say so, once per utterance that failed.
+    controls = sent(transport, ControlMessage, TOPICS.control)
+    assert [c.action for c in controls] == ["apologise"] * len(controls) and len(controls) == 2
+    assert {c.request_id for c in controls} == {e.request_id for e in errors}
 
 
 class NoFinalStream(FakeTranscribeStream):
@@ -77,6 +81,9 @@ def test_a_final_result_that_never_comes_uses_what_was_recognised():
     asyncio.run(run_until_idle(interpreter, source, utterance()))
     completed = [m for m in sent(transport, TranscriptMessage, TOPICS.transcript) if m.state == "completed"]
     assert [m.text for m in completed] == ["오늘"]  # the partial it had, after end_timeout_s
+    # Each completed transcript tells the player to expect an answer (it apologises by itself if none comes).
+    assert [(c.action, c.request_id) for c in sent(transport, ControlMessage, TOPICS.control)] == [
+        ("expect", completed[0].request_id)]
 
 
 def test_one_transcribe_client_serves_every_utterance_and_aborted_streams_are_ended():

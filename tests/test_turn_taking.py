@@ -114,12 +114,19 @@ def completed(transport: MemoryTransport, topics: Topics) -> list[TranscriptMess
             for m in [decode(TranscriptMessage, p)] if m.state == "completed"]
 
 
+def cancels(sent, topics: Topics) -> list[ControlMessage]:
+    """The withdrawals among the control messages (each completed transcript also tells the player to expect an
+    answer)."""
+    controls = [decode(ControlMessage, p) for t, p in sent if t == topics.control]
+    return [c for c in controls if c.action == "cancel"]
+
+
 def test_a_pause_after_a_connective_ending_is_not_cut_off(topics):
     frames = (frames_of(silence(0.3)) + frames_of(spoken("오늘 날씨가 좋은데")) + frames_of(silence(0.45))
               + frames_of(spoken("산책 갈까요")) + frames_of(silence(1.0)))
     transport = run(Sessions("오늘 날씨가 좋은데"), frames, topics)
     assert len(completed(transport, topics)) == 1  # 450 ms after "좋은데" did not end the turn
-    assert not [t for t, _ in transport.sent if t == topics.control]  # and no early answer was started
+    assert not cancels(transport.sent, topics)  # and no early answer was started
 
 
 def test_a_final_result_that_only_adds_punctuation_asks_nothing_again(topics):
@@ -145,7 +152,7 @@ def test_the_transcript_goes_out_before_the_turn_has_ended(topics):
     assert len(done) == 1  # the final result said the same: nothing more
     in_speech, silent, quiet = done[0]
     assert in_speech and settings.preempt_ms <= max(silent, quiet) and silent < settings.early_end_ms
-    assert not [t for t, _ in transport.sent if t == topics.control]
+    assert not cancels(transport.sent, topics)
 
 
 @pytest.mark.parametrize("quiet_margin_db", [10.0, 0.0])
@@ -165,7 +172,7 @@ def test_the_silence_before_a_preemptive_transcript_starts_when_the_voice_stops(
     transport = run(OneUtterance({last: "오늘 날씨 어때요"}), frames, topics, vad=settings,
                     watch=lambda interpreter, m: m.state == "completed" and went_out.append(
                         (interpreter.frames_seen, interpreter.vad.silent_ms, interpreter.vad.quiet_ms)))
-    assert len(went_out) == 1 and not [t for t, _ in transport.sent if t == topics.control]  # never withdrawn
+    assert len(went_out) == 1 and not cancels(transport.sent, topics)  # never withdrawn
     frame, silent, quiet = went_out[0]
     after_voice_ms = (frame - len(frames_of(silence(1.0))) - len(voice)) * settings.frame_ms
     if quiet_margin_db:
@@ -235,8 +242,7 @@ def test_going_on_after_an_early_transcript_cancels_its_answer_and_asks_the_whol
     early, whole = [m for m in done if m.state == "completed"]
     assert early.text == "오늘 날씨 어때요" and whole.text == "오늘 날씨 어때요 서울 말고 부산"
     assert whole.replaces == early.request_id  # (the chat removes the early turn from the history)
-    cancels = [decode(ControlMessage, p) for t, p in observer.messages if t == topics.control]
-    assert [c.request_id for c in cancels] == [early.request_id]
+    assert [c.request_id for c in cancels(observer.messages, topics)] == [early.request_id]
     played = [json.loads(p) for t, p in observer.messages if t == topics.event and b'"playing"' in p]
     assert played and all(e["requestId"] == whole.request_id for e in played)  # nothing of the early answer
 
@@ -268,4 +274,4 @@ def test_speech_after_the_early_answer_was_heard_is_a_new_question(topics):
     asyncio.run(main())
     first, second = completed(transport, topics)
     assert (first.text, second.text, second.replaces) == ("오늘 날씨 어때요", "서울 말고 부산", None)
-    assert not [t for t, _ in transport.sent if t == topics.control]
+    assert not cancels(transport.sent, topics)

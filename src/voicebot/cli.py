@@ -145,9 +145,11 @@ def cmd_player(args: argparse.Namespace) -> int:
 
     transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}", wait_forever=True)
     sink = open_sink(args.sink)
+    from voicebot.edge.clips import load_clips
+
     player = Player(transport, Topics(args.topic_root, args.thing), sink,
                     PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume),
-                    reopen=lambda: open_sink(args.sink))
+                    reopen=lambda: open_sink(args.sink), clips=load_clips())
     try:
         _run_until_signal(player.run)
     finally:

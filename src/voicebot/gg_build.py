@@ -49,6 +49,8 @@ REQUIREMENTS = {
     "com.voicebot.VoiceInterpreter": {"requirements.txt": "requirements-device.txt",
                                       "requirements-vosk.txt": "requirements-device-vosk.txt"},
 }
+#: Artifacts that carry the local apology clips (edge/clips.py), rendered here so the device needs no TTS.
+WITH_CLIPS = {"com.voicebot.VoicePlayer"}
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -146,12 +148,27 @@ def artifact_files(component_dir: Path, name: str, wheel: Path, root: Path) -> d
         if not path.is_file():
             raise BuildError(f"{path} is missing: run `make lock`")
         files[target] = path.read_bytes()
+    if name in WITH_CLIPS:
+        files.update(clip_files())
     # What install.sh compares with the venv's stamp: any change of content means a new install.
     digest = hashlib.sha256()
     for key in sorted(files):
         digest.update(key.encode() + b"\0" + hashlib.sha256(files[key]).digest())
     files["build-id"] = f"{name} {wheel.name.split('-')[1]} {digest.hexdigest()[:16]}\n".encode()
     return files
+
+
+def clip_files() -> dict[str, bytes]:
+    """The player's Korean apology clips, rendered with this machine's espeak-ng."""
+    from voicebot.cloud.tts import TtsError
+    from voicebot.edge.clips import render_clips
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            rendered = render_clips(Path(tmp))
+        except TtsError as exc:
+            raise BuildError(f"the player's apology clips cannot be rendered: {exc}") from exc
+        return {f"clips/{path.name}": path.read_bytes() for path in rendered.values()}
 
 
 def build_artifact(component_dir: Path, name: str, artifact_dir: Path, wheel: Path, root: Path = REPO) -> Path:

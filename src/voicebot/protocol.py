@@ -241,7 +241,7 @@ class AudioMessage(Message):
 
 EventType = Literal[
     "playing", "played", "skipped", "interrupted", "cancelled", "error", "listening", "speech_start", "speech_end",
-    "started", "stopped", "volume",
+    "started", "stopped", "volume", "apology",
 ]
 
 
@@ -272,10 +272,13 @@ class PlayerStateMessage(Message):
 
 
 class ControlMessage(Message):
-    """``R/local/T/control``: the interpreter heard the stop word."""
+    """``R/local/T/control``, interpreter -> player on the device: ``cancel`` (the stop word, or an early answer the
+    person went on from); ``expect`` (a completed transcript went out: an answer should follow, ``offline`` when the
+    interpreter knows the device is not connected); ``apologise`` (the question could not be taken: say so)."""
 
-    action: Literal["cancel"]
+    action: Literal["cancel", "expect", "apologise"]
     request_id: str | None = None
+    offline: bool | None = None
 
 
 class CommandMessage(Message):

@@ -151,11 +151,13 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
     transport, config = _transport(kind, args.thing)
     try:
         if kind == "player":
+            from voicebot.edge.clips import load_clips
             from voicebot.edge.player import Player
 
+            clips = load_clips()  # from the artifact (VOICEBOT_CLIPS, set by the recipe)
             try:
-                asyncio.run(_serve(lambda t: Player(t, topics, sink, reopen=lambda: open_sink(args.sink)), transport,
-                                   config))
+                asyncio.run(_serve(lambda t: Player(t, topics, sink, reopen=lambda: open_sink(args.sink), clips=clips),
+                                   transport, config))
             finally:
                 sink.close()
         else:

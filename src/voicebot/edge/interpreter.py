@@ -286,9 +286,7 @@ class Interpreter:
                 else:
                     self._previous = self._in_background(finish)
         except SttError as exc:
-            log.error("speech recognition failed: %s", exc)
-            self._emit_event("error", self._utterance.request_id if self._utterance else None,
-                             detail=f"speech recognition failed: {exc}")
+            self._could_not_hear(self._utterance.request_id if self._utterance else None, exc)
             await self._abort_utterance()
 
     async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
@@ -297,8 +295,7 @@ class Interpreter:
             if after is not None:  # recognised in parallel, published in the order they were said
                 await asyncio.wait({after})
         except SttError as exc:
-            log.error("speech recognition failed: %s", exc)
-            self._emit_event("error", utterance.request_id, detail=f"speech recognition failed: {exc}")
+            self._could_not_hear(utterance.request_id, exc)
             await utterance.transcriber.abort()
             return
         if utterance.preempted is not None:
@@ -401,6 +398,18 @@ class Interpreter:
         if self.on_transcript is not None:
             self.on_transcript(message)
         self._send(self.topics.transcript, message, QOS_AT_LEAST_ONCE)
+        if message.state == "completed":  # the player says sorry by itself if no answer comes (edge/apology.py)
+            offline = getattr(self.transport, "connected", True) is False
+            self._send(self.topics.control, ControlMessage(action="expect", request_id=message.request_id,
+                                                           offline=offline or None), QOS_AT_MOST_ONCE)
+
+    def _could_not_hear(self, request_id: str | None, exc: Exception) -> None:
+        """The recognizer failed on an utterance: one log line, an error event, and the player says so aloud."""
+        log.error("speech recognition failed: %s", exc)
+        self._emit_event("error", request_id, detail=f"speech recognition failed: {exc}")
+        if request_id:
+            self._send(self.topics.control, ControlMessage(action="apologise", request_id=request_id),
+                       QOS_AT_MOST_ONCE)
 
     def _emit_event(self, type_: str, request_id: str | None = None, *, detail: str | None = None) -> None:
         self._send(self.topics.event, EventMessage(source="interpreter", type=type_, request_id=request_id,

@@ -16,7 +16,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field
 
-from voicebot.protocol import AudioAssembler, AudioMessage, ProtocolError, SentenceAudio, is_newer
+from voicebot.protocol import AudioAssembler, AudioMessage, ProtocolError, SentenceAudio, is_newer, request_id_time
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,20 @@ class _Request:
     playing: bool = False
     stalled_since: float | None = None
     """Set when a gap timeout passed with nothing to play: the request waits, quietly, for late sentences."""
+    joined_late: bool = False
+    """The answer began before this player started (a restart mid-answer): the sentences before the first one it
+    received went out while it was not listening and never come, so it starts with what it has."""
 
 
 class PlaybackQueue:
     """Decides what to play next. Pure: every method takes the current time and returns actions."""
 
-    def __init__(self, *, gap_timeout_s: float = 3.0, stall_limit_s: float = 30.0, remember: int = 256) -> None:
+    def __init__(self, *, gap_timeout_s: float = 3.0, stall_limit_s: float = 30.0, remember: int = 256,
+                 joined_at: int | None = None) -> None:
+        """``joined_at``: when the player started (epoch ms, the device's clock, the one its request ids are made
+        with): the first request it sees, if made before then, is an answer it joined in the middle of."""
         self.gap_timeout_s = gap_timeout_s
+        self.joined_at = joined_at
         self.stall_limit_s = stall_limit_s
         self._assembler = AudioAssembler()
         self._current: _Request | None = None
@@ -107,8 +114,11 @@ class PlaybackQueue:
         if self._current:
             actions.append(Interrupted(self._current.request_id, "superseded"))
             self._retire(self._current)
+        made = request_id_time(request_id)
+        joined_late = (self._newest is None and self.joined_at is not None and made is not None
+                       and made < self.joined_at)
         self._newest = request_id
-        self._current = _Request(request_id, waiting_since=now)
+        self._current = _Request(request_id, waiting_since=now, joined_late=joined_late)
         return actions
 
     def add(self, message: AudioMessage, now: float) -> list[Action]:
@@ -163,7 +173,7 @@ class PlaybackQueue:
         while request is not None and not request.playing:
             seq = request.next_seq
             if seq in request.ready:
-                request.playing, request.stalled_since = True, None
+                request.playing, request.stalled_since, request.joined_late = True, None, False
                 request.next_seq += 1
                 actions.append(Play(request.ready.pop(seq)))
                 break
@@ -175,6 +185,9 @@ class PlaybackQueue:
                 actions.append(Finished(request.request_id))
                 self._retire(request)
                 break
+            if request.joined_late and request.ready and seq < min(request.ready):  # (only before the first Play)
+                request.next_seq = min(request.ready)
+                continue
             if request.stalled_since is None and now < request.waiting_since + self.gap_timeout_s:
                 break  # wait for the missing seq (same sum as wake_at(), so no float drift)
             if request.ready:  # gap timeout (or stalled): skip every missing seq up to the next one we have
@@ -204,6 +217,8 @@ class PlaybackQueue:
         request = self._current
         if request is None or request.playing or request.next_seq in request.ready:
             return None
+        if request.joined_late and request.ready:
+            return request.waiting_since
         if request.stalled_since is not None:
             return request.stalled_since + self.stall_limit_s
         return request.waiting_since + self.gap_timeout_s

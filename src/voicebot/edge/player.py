@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from voicebot.edge.apology import ApologyWatch, Clip
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
+from voicebot.edge.clips import CLIPS
 from voicebot.edge.playback import Action, Finished, Interrupted, Play, PlaybackQueue, Skip
 from voicebot.edge.settings import PlayerConfig
 from voicebot.messaging import Outbox, Transport, handoff_to_loop, subscribe
@@ -34,12 +36,15 @@ from voicebot.protocol import (
     Topics,
     decode,
     encode,
+    now_ms,
 )
 
 log = logging.getLogger(__name__)
 
 #: Recent events kept for tests and the benchmark (the events themselves go out on the event topic).
 KEEP_EVENTS = 256
+#: On stop, how long the last events may take to go out (a component must stop within 2 s, broker or not).
+STOP_DRAIN_S = 1.0
 #: Sentences up to this size are decoded on the loop (well under a millisecond); bigger ones in a thread.
 INLINE_DECODE_BYTES = 48_000
 
@@ -58,6 +63,12 @@ class PlayerSettings:
     state_heartbeat_s: float = 2.0
     """While speaking, the state is sent again this often: the interpreter unmutes when it stops hearing it (a lost
     "idle" or a dead player must not leave the device deaf)."""
+    local_apology: bool = PlayerConfig.defaults().local_apology
+    """Say a built-in clip when the cloud cannot answer (see edge/apology.py)."""
+    no_answer_s: float = 10.0
+    """A completed question with no audio and no event for this long: the cloud is unreachable, say so."""
+    error_wait_s: float = 2.0
+    """An error reported for a turn and no audio for it within this long: the cloud's apology is not coming."""
 
 
 class Player:
@@ -66,15 +77,20 @@ class Player:
     def __init__(self, transport: Transport, topics: Topics, sink: AudioSink, settings: PlayerSettings | None = None,
                  *, clock: Callable[[], float] = time.monotonic,
                  on_event: Callable[[EventMessage], None] | None = None,
-                 reopen: Callable[[], AudioSink] | None = None) -> None:
+                 reopen: Callable[[], AudioSink] | None = None, clips: Mapping[Clip, bytes] | None = None) -> None:
         """``reopen`` opens the audio output again after it failed (a USB speaker unplugged and plugged back):
-        until it succeeds, sentences are skipped at once instead of waiting on a dead device."""
+        until it succeeds, sentences are skipped at once instead of waiting on a dead device. ``clips`` are the WAV
+        bytes of the local apologies (edge/clips.py); without them the player cannot apologise by itself."""
         self.transport = transport
         self.topics = topics
         self.sink = sink
         self.settings = settings or PlayerSettings()
         self.volume = self.settings.volume
-        self.queue = PlaybackQueue(gap_timeout_s=self.settings.gap_timeout_s)
+        self.queue = PlaybackQueue(gap_timeout_s=self.settings.gap_timeout_s, joined_at=self._wall_ms())
+        self.apology = ApologyWatch(no_answer_s=self.settings.no_answer_s, error_wait_s=self.settings.error_wait_s,
+                                    enabled=self.settings.local_apology)
+        self.clips = dict(clips or {})
+        self._clip: str | None = None  # the clip being played (the playback task is a clip's, not a sentence's)
         self.clock = clock
         self.on_event = on_event
         self.state = ""  # unknown until the first state is published
@@ -90,13 +106,20 @@ class Player:
         self._cancelled: set[asyncio.Task[None]] = set()  # interrupted playbacks, kept until they have wound down
         self.reopen = reopen
         self._reopening: asyncio.Task[None] | None = None
+        self._failures_seen: set[str] = set()  # kinds of loop failure already logged with a traceback (bounded)
+        self.sink_down_for = 0.0  # seconds the output has failed to reopen (health: the component gives up)
+
+    @staticmethod
+    def _wall_ms() -> int:
+        return now_ms()
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Live settings from the component configuration; a bad value or an unknown key keeps the current one and
         is reported once (a log line and an ``error`` event naming the key)."""
         problems: list[str] = []
-        new = PlayerConfig(volume=self.volume, gap_timeout_s=self.queue.gap_timeout_s).merged(config, problems)
-        self.volume, self.queue.gap_timeout_s = new.volume, new.gap_timeout_s
+        new = PlayerConfig(volume=self.volume, gap_timeout_s=self.queue.gap_timeout_s,
+                           local_apology=self.apology.enabled).merged(config, problems)
+        self.volume, self.queue.gap_timeout_s, self.apology.enabled = new.volume, new.gap_timeout_s, new.local_apology
         for line in problems:
             self._emit("error", detail=f"configuration: {line}")
 
@@ -112,9 +135,10 @@ class Player:
         stopper = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
-                self._step()
-                self._heartbeat()
-                wakes = [w for w in (self.queue.wake_at(), self._next_heartbeat()) if w is not None]
+                self._contained(self._step)
+                self._contained(self._heartbeat)
+                wakes = [w for w in (self.queue.wake_at(), self._next_heartbeat(), self.apology.wake_at())
+                         if w is not None]
                 timeout = max(0.0, min(wakes) - self.clock()) if wakes else None
                 getter = asyncio.create_task(self._inbox.get())
                 waiters: set[asyncio.Future] = {getter, stopper}
@@ -128,12 +152,26 @@ class Player:
                     with contextlib.suppress(asyncio.CancelledError):
                         await getter
                 if self._playing and self._playing.done():
-                    self._finish_playing()
+                    self._contained(self._finish_playing)
         finally:
             stopper.cancel()
             await self._stop_playing()
             self._set_state("idle", None)
-            await self.outbox.drain(5.0)
+            await self.outbox.drain(STOP_DRAIN_S)
+
+    def _contained(self, step: Callable[[], None]) -> None:
+        """One step of the loop; a bug in it is logged with its traceback (once per kind) and reported, and the loop
+        goes on: a player that stops looping is a mute device."""
+        try:
+            step()
+        except Exception as exc:
+            kind = f"{type(exc).__name__} in {getattr(step, '__name__', 'step')}"
+            if kind not in self._failures_seen:
+                self._failures_seen.add(kind)
+                log.exception("player: %s; the loop goes on", kind)
+                self._emit("error", detail=f"player: {kind}: {exc}")
+            if self._playing is not None and self._playing.done():
+                self._playing, self._playing_sentence, self._clip = None, None, None
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
@@ -141,13 +179,22 @@ class Player:
         now = self.clock()
         try:
             if topic == self.topics.audio:
-                self._apply(self.queue.add(decode(AudioMessage, payload), now))
+                message = decode(AudioMessage, payload)
+                if message.audio:  # (an answer's empty closing marker is no sound)
+                    self.apology.audio(message.request_id, now)
+                else:
+                    self.apology.heard_of(message.request_id, now)
+                self._apply(self.queue.add(message, now))
             elif topic == self.topics.event:
                 event = decode(EventMessage, payload)
+                if event.source != "player":
+                    self.apology.heard_of(event.request_id, now)
+                    if event.type == "error":
+                        self.apology.error(event.request_id, now)
                 if event.type == "error" and event.source == "speech" and event.request_id and event.seq is not None:
                     self._apply(self.queue.fail(event.request_id, event.seq, event.last, now))
             elif topic == self.topics.control:
-                self._apply(self.queue.cancel(decode(ControlMessage, payload).request_id, now))
+                self._on_control(decode(ControlMessage, payload), now)
             elif topic == self.topics.command:
                 self._on_command(decode(CommandMessage, payload), now)
         except ProtocolError as exc:
@@ -156,6 +203,15 @@ class Player:
                 self._emit("error", detail=f"bad message on {topic.rsplit('/', 1)[-1]}: {exc}")
         except Exception as exc:  # whatever one message does wrong, the player goes on with the next
             log.error("player: message on %s could not be handled: %s: %s", topic, type(exc).__name__, str(exc)[:300])
+
+    def _on_control(self, control: ControlMessage, now: float) -> None:
+        if control.action == "cancel":
+            self.apology.forget(control.request_id)
+            self._apply(self.queue.cancel(control.request_id, now))
+        elif control.action == "expect" and control.request_id:
+            self.apology.expect(control.request_id, now, offline=bool(control.offline))
+        elif control.action == "apologise" and control.request_id:
+            self.apology.failed(control.request_id, now, "offline" if control.offline else "trouble")
 
     def _on_command(self, command: CommandMessage, now: float) -> None:
         if command.action == "cancel":
@@ -169,6 +225,24 @@ class Player:
     def _step(self) -> None:
         if self._playing is None:  # (a Play starts a playback task even for a sentence that will not decode)
             self._apply(self.queue.next(self.clock()))
+        if self._playing is None and not self.queue.speaking:  # never over answer audio
+            clip = self.apology.due(self.clock())
+            if clip is not None:
+                self._start_clip(clip)
+
+    def _start_clip(self, clip: Clip) -> None:
+        request_id = self.apology.request_id
+        data = self.clips.get(clip)
+        log.warning("player: no answer can be heard for %s; saying the local %r clip", (request_id or "?")[-8:], clip)
+        self._emit("apology", request_id, detail=clip if data else f"{clip} (no clip installed: nothing to say)")
+        if not data:
+            return
+        sentence = SentenceAudio(request_id=request_id or "local", seq=0, last=True, text=CLIPS[clip], format="wav",
+                                 sample_rate=16_000, data=data)
+        self._clip = clip
+        self._playing_sentence = None
+        self._playing = asyncio.create_task(self._play(sentence, report=False))
+        self._set_state("speaking", request_id)
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -183,16 +257,18 @@ class Player:
                            detail=action.reason)
             elif isinstance(action, Finished):
                 self._emit("played", action.request_id, last=True, detail=action.reason)
-        self._set_state("speaking" if self.queue.speaking else "idle", self.queue.active_request)
+        self._set_state("speaking" if self.queue.speaking or self._clip else "idle", self.queue.active_request)
 
     def _start_playing(self, sentence: SentenceAudio) -> None:
         self._playing_sentence = sentence
         self._playing = asyncio.create_task(self._play(sentence))
 
-    async def _play(self, sentence: SentenceAudio) -> bool:
-        """Decode, then play. False when the sentence could not be decoded: it is skipped."""
+    async def _play(self, sentence: SentenceAudio, *, report: bool = True) -> bool:
+        """Decode, then play. False when the sentence could not be decoded: it is skipped. ``report``: events for
+        an answer's sentence (a local clip reports itself)."""
         if self._reopening is not None:
-            self._emit("skipped", sentence.request_id, sentence.seq, detail="audio output unavailable")
+            if report:
+                self._emit("skipped", sentence.request_id, sentence.seq, detail="audio output unavailable")
             return False
         try:
             if len(sentence.data) > INLINE_DECODE_BYTES:  # a long OGG takes tens of ms to decode: not on the loop
@@ -203,7 +279,7 @@ class Player:
             log.error("player: %s", exc)
             self._emit("skipped", sentence.request_id, sentence.seq, detail=str(exc))
             return False
-        if samples.size:
+        if samples.size and report:
             self._emit("playing", sentence.request_id, sentence.seq, last=sentence.last)
         await self.sink.play(samples)
         return bool(sentence.data)
@@ -213,8 +289,8 @@ class Player:
         return apply_volume(to_rate(samples, rate, self.sink.sample_rate), volume)
 
     def _finish_playing(self) -> None:
-        task, sentence = self._playing, self._playing_sentence
-        self._playing, self._playing_sentence = None, None
+        task, sentence, clip = self._playing, self._playing_sentence, self._clip
+        self._playing, self._playing_sentence, self._clip = None, None, None
         if task is not None and not task.cancelled() and task.exception() is not None:
             log.error("player: sink failed: %s", task.exception())
             self._emit("error", detail=f"audio output failed: {task.exception()}")
@@ -222,7 +298,10 @@ class Player:
                 self._reopening = asyncio.create_task(self._reopen_sink())
         elif task is not None and not task.cancelled() and task.result() and sentence is not None:
             self._emit("played", sentence.request_id, sentence.seq, last=sentence.last)
-        self.queue.playback_done(self.clock())
+        if clip is None:
+            self.queue.playback_done(self.clock())
+        else:
+            self._set_state("speaking" if self.queue.speaking else "idle", self.queue.active_request)
 
     def _interrupt(self) -> None:
         task = self._playing
@@ -230,25 +309,35 @@ class Player:
             task.cancel()  # sinks stop within one 20 ms block
             self._cancelled.add(task)
             task.add_done_callback(self._cancelled.discard)
-            self._playing, self._playing_sentence = None, None
+            self._playing, self._playing_sentence, self._clip = None, None, None
 
     async def _reopen_sink(self, retry_s: float = 2.0) -> None:
-        """Close the failed output and open it again, retrying quietly until it is back."""
+        """Close the failed output and open it again, retrying quietly until it is back. Whatever the audio library
+        raises (``sounddevice.PortAudioError`` is a plain Exception) is a reason to try again, never the end of the
+        loop: a reopen task that died would leave every later answer skipped."""
         assert self.reopen is not None
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.sink.close)
         tries = 0
-        while True:
-            try:
-                self.sink = await asyncio.to_thread(self.reopen)
-                break
-            except (AudioError, OSError) as exc:
-                tries += 1
-                if tries == 1:
-                    log.error("player: audio output cannot be reopened yet (%s); retrying every %.0f s", exc, retry_s)
-                await asyncio.sleep(retry_s)  # a device plugged back in is found at the next try
-        log.info("player: audio output is back")
-        self._reopening = None
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.sink.close)
+            while True:
+                try:
+                    self.sink = await asyncio.to_thread(self.reopen)
+                    break
+                except Exception as exc:
+                    tries += 1
+                    if tries == 1:
+                        log.error("player: audio output cannot be reopened yet (%s: %s); retrying every %.0f s",
+                                  type(exc).__name__, exc, retry_s)
+                        self._emit("error", detail=f"audio output unavailable: {exc}")
+                    self.sink_down_for = tries * retry_s
+                    await asyncio.sleep(retry_s)  # a device plugged back in is found at the next try
+            log.info("player: audio output is back")
+            if tries:
+                self._emit("started", detail="audio output is back")
+        finally:
+            self._reopening = None
+            self.sink_down_for = 0.0
 
     async def _stop_playing(self) -> None:
         if self._reopening is not None:

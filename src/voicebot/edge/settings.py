@@ -88,6 +88,8 @@ class PlayerConfig(ComponentSettings):
     """1.0 plays the audio as it was synthesized; the loudness of the speaker is the ALSA mixer's job."""
     gap_timeout_s: float = Field(3.0, alias="GapTimeoutS", ge=0.1, le=60.0)
     """How long to wait for a missing sentence before skipping it."""
+    local_apology: bool = Field(True, alias="LocalApology")
+    """Say a built-in Korean clip when the cloud cannot answer (no answer, an error and no apology audio)."""
 
 
 class InterpreterConfig(ComponentSettings):
