@@ -250,3 +250,42 @@ def test_an_unexpected_failure_drops_the_utterance_and_listening_goes_on(caplog)
     completed = [m for m in sent(transport, TranscriptMessage, TOPICS.transcript) if m.state == "completed"]
     assert completed and completed[-1].text == "날씨 어때요"  # the next utterance was heard
     assert "a frame could not be handled" in caplog.text
+
+
+def test_a_reconnect_with_backoff_never_stalls_the_microphone_loop_and_replays_the_audio_in_order():
+    """The stream drops after 10 chunks; the first reconnect is refused, the next one opens after a 0.5 s backoff.
+    Meanwhile the microphone goes on (paced in real time, as a microphone is): no frame waits on the reconnect, and
+    the new stream receives the whole utterance from its first chunk, in order."""
+    import time
+
+    first, second = FakeTranscribeStream(SCRIPT, fail_after_chunks=10), FakeTranscribeStream(SCRIPT)
+
+    class RefusesOnce(FakeTranscribeClient):
+        async def start_stream_transcription(self, **kwargs):
+            self.requests.append(kwargs)
+            if len(self.requests) == 2:
+                raise ConnectionError("connection reset by peer")
+            return self.streams[0 if len(self.requests) == 1 else 1]
+
+    client = RefusesOnce([first, second])
+    transport = MemoryTransport()
+    retry = RetryPolicy(first_delay_s=0.5, max_delay_s=1.0, attempts=3, open_timeout_s=1.0, end_timeout_s=2.0)
+    interpreter = Interpreter(transport, TOPICS, PushSource(), TranscribeBackend(client_factory=lambda: client),
+                              InterpreterSettings(retry=retry))
+    stalls: list[float] = []
+
+    async def main() -> None:
+        for frame in utterance():
+            started = time.perf_counter()
+            await interpreter.process(frame)
+            stalls.append(time.perf_counter() - started)
+            await asyncio.sleep(0.03)  # the next 30 ms frame arrives in real time
+        await interpreter.drain()
+
+    asyncio.run(main())
+    assert len(client.requests) == 3 and second.ended  # refused once, then reconnected and finished there
+    assert max(stalls) < 0.1, f"the microphone loop waited {max(stalls) * 1000:.0f} ms"
+    assert second.chunks == first.chunks + second.chunks[len(first.chunks):]  # replayed from the start, in order
+    assert len(second.chunks) > len(first.chunks)
+    completed = [m for m in sent(transport, TranscriptMessage, TOPICS.transcript) if m.state == "completed"]
+    assert [m.text for m in completed] == ["오늘 날씨 어때요"]

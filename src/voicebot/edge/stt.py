@@ -253,8 +253,10 @@ class RetryPolicy:
 class UtteranceTranscriber:
     """Feeds one utterance to a backend; ``end()`` returns the final text (all finals joined).
 
-    Opening the stream (and its retries) happens in the background: the audio keeps flowing into ``audio`` and is
-    replayed once the stream is open, so a slow or unreachable recognizer never stalls the microphone loop.
+    The microphone loop only hands audio over: ``send()`` appends to the utterance (bounded by the VAD's longest
+    utterance) and returns at once. One background task per utterance, the feeder, owns the stream: it opens it,
+    sends the audio in order, and when the stream fails it reconnects with capped exponential backoff and replays the
+    utterance from its start, so nothing said is lost and a slow or unreachable recognizer never stalls the loop.
     """
 
     def __init__(self, backend: SttBackend, *, on_partial: Callable[[str], None], retry: RetryPolicy | None = None):
@@ -267,47 +269,72 @@ class UtteranceTranscriber:
         self._session: SttSession | None = None
         self._reader: asyncio.Task[None] | None = None
         self._failed: BaseException | None = None
-        self._connecting: asyncio.Task[None] | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self._sent = 0  # chunks of ``audio`` the current stream has received
+        self._more = asyncio.Event()  # new audio, the end of the utterance, or the stream failed
+        self._ending = False
         self._last_partial = ""
 
     async def start(self) -> None:
-        self._connecting = asyncio.create_task(self._connect(replay=True))
+        self._feeder = asyncio.create_task(self._feed(), name=f"{self.backend.name}-feeder")
 
-    async def _connected(self) -> bool:
-        """False while the stream is still opening (audio waits in ``audio``); raises SttError if it never opened."""
-        task = self._connecting
-        if task is None:
-            return True
-        if not task.done():
-            return False
-        self._connecting = None
-        task.result()  # SttError after the last attempt
-        return True
+    async def send(self, pcm: bytes) -> None:
+        """Queue audio for the recognizer. Never waits on the network (nor on a local recognizer's CPU)."""
+        if self._feeder is None:
+            raise SttError("send() before start()")
+        self.audio.append(pcm)
+        self._more.set()
 
-    async def _connect(self, *, replay: bool) -> None:
-        last_exc: BaseException | None = None
-        for delay in [0.0, *self.retry.delays()]:
-            if delay:
-                await asyncio.sleep(delay)  # capped exponential backoff between attempts
+    # -- the feeder (one task per utterance) ---------------------------------------------------------------------------
+
+    async def _feed(self) -> None:
+        """Connect, send everything in order, follow new audio until the end; reconnect and replay on failure.
+        Raises SttError once ``retry.attempts`` connections in a row could not be opened or kept."""
+        failures = 0
+        delays = iter(self.retry.delays())
+        while True:
             try:
-                await self._open(replay=replay)
-                return
+                if self._session is None:
+                    await self._open()
+                while self._sent < len(self.audio):
+                    if self._failed is not None:
+                        raise self._failed
+                    await self._session.send(self.audio[self._sent])  # type: ignore[union-attr]
+                    self._sent += 1
+                if self._failed is not None:
+                    raise self._failed
+                failures, delays = 0, iter(self.retry.delays())  # the stream works: a later failure starts afresh
+                if self._ending:
+                    return
+                self._more.clear()
+                await self._more.wait()
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
-                last_exc = exc
-                log.warning("%s stream could not start (%s); retrying", self.backend.name,
-                            str(exc) or type(exc).__name__)
-        raise SttError(f"{self.backend.name} is unavailable after {self.retry.attempts} attempts: {last_exc}")
+                failures += 1
+                delay = next(delays, None)
+                if delay is None:
+                    raise SttError(f"{self.backend.name} is unavailable after {failures} attempts: "
+                                   f"{str(exc) or type(exc).__name__}") from exc
+                if self._session is not None:
+                    self.reconnects += 1
+                    log.warning("%s stream failed mid-utterance (%s); reconnecting in %.1f s and replaying %.1f s of "
+                                "audio", self.backend.name, str(exc) or type(exc).__name__, delay,
+                                sum(map(len, self.audio)) / 2 / SAMPLE_RATE)
+                else:
+                    log.warning("%s stream could not start (%s); retrying in %.1f s", self.backend.name,
+                                str(exc) or type(exc).__name__, delay)
+                await self._drop_session()
+                await asyncio.sleep(delay)  # capped exponential backoff, in this task: the microphone goes on
 
-    async def _open(self, *, replay: bool) -> None:
+    async def _open(self) -> None:
         await self._drop_session()
-        self._failed = None
+        self._failed, self._sent = None, 0
         self.finals = []  # a replayed stream re-recognises everything: keep only its results
-        async with asyncio.timeout(self.retry.open_timeout_s):  # the connection, not the replay below
-            self._session = await self.backend.open()
-        self._reader = asyncio.create_task(self._read(self._session))
-        if replay:
-            for chunk in self.audio:  # (audio that arrives meanwhile is appended, and sent by this loop too)
-                await self._session.send(chunk)
+        async with asyncio.timeout(self.retry.open_timeout_s):  # the connection, not the replay
+            session = await self.backend.open()
+        self._session = session
+        self._reader = asyncio.create_task(self._read(session))
 
     async def _read(self, session: SttSession) -> None:
         try:
@@ -321,6 +348,7 @@ class UtteranceTranscriber:
                     self.on_partial(" ".join([*self.finals, result.text]))
         except Exception as exc:
             self._failed = exc
+            self._more.set()  # wake the feeder: it reconnects
 
     async def _drop_session(self) -> None:
         if self._reader:
@@ -332,36 +360,20 @@ class UtteranceTranscriber:
                 await self._session.close()
         self._session, self._reader = None, None
 
-    async def _reconnect(self, exc: BaseException) -> None:
-        self.reconnects += 1
-        log.warning("%s stream failed mid-utterance (%s); reconnecting and replaying %.1f s of audio",
-                    self.backend.name, exc, sum(map(len, self.audio)) / 2 / SAMPLE_RATE)
-        await self._connect(replay=True)
-
-    async def send(self, pcm: bytes) -> None:
-        self.audio.append(pcm)
-        if not await self._connected():
-            return  # replayed when the stream opens
-        if self._failed is not None:
-            await self._reconnect(self._failed)
-            return
-        if self._session is None:
-            raise SttError("send() before start()")
-        try:
-            await self._session.send(pcm)
-        except Exception as exc:
-            await self._reconnect(exc)
+    # -- the end of the utterance --------------------------------------------------------------------------------------
 
     async def end(self) -> str:
-        if self._connecting is not None:
-            await asyncio.wait({self._connecting})  # bounded: attempts x open_timeout_s plus the backoff
-            await self._connected()
+        """Everything was said: wait until the stream has all of it, then for the final result (bounded)."""
+        if self._feeder is None:
+            raise SttError("end() before start()")
+        self._ending = True
         for _ in range(self.retry.attempts):
+            self._more.set()
+            await self._feeder  # all audio sent (or SttError after the retries)
             try:
                 if self._failed is not None:
                     raise self._failed
-                if self._session is None or self._reader is None:
-                    raise SttError("end() before start()")
+                assert self._session is not None and self._reader is not None
                 await self._session.finish()
                 try:
                     async with asyncio.timeout(self.retry.end_timeout_s):
@@ -376,17 +388,20 @@ class UtteranceTranscriber:
                 break
             except SttError:
                 raise
-            except Exception as exc:
-                await self._reconnect(exc)
+            except Exception as exc:  # the stream broke while finishing: once more, from the start
+                self.reconnects += 1
+                log.warning("%s stream failed at the end of the utterance (%s); replaying it", self.backend.name,
+                            str(exc) or type(exc).__name__)
+                await self._drop_session()
+                self._feeder = asyncio.create_task(self._feed(), name=f"{self.backend.name}-feeder")
         else:
             raise SttError(f"{self.backend.name} failed on every attempt for this utterance")
         await self._drop_session()
         return " ".join(t for t in self.finals if t).strip()
 
     async def abort(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._connecting
-            self._connecting = None
+                await self._feeder
         await self._drop_session()
