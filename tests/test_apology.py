@@ -17,7 +17,7 @@ from voicebot.cloud.tts import TtsError
 from voicebot.edge.apology import ApologyWatch
 from voicebot.edge.audio import WavSink
 from voicebot.edge.clips import CLIPS, load_clips
-from voicebot.edge.playback import PlaybackQueue, Play
+from voicebot.edge.playback import Play, PlaybackQueue
 from voicebot.edge.player import Player, PlayerSettings
 from voicebot.local.cloud import LocalCloud
 from voicebot.protocol import (
@@ -112,7 +112,10 @@ def test_polly_failing_for_every_sentence_the_person_hears_the_local_clip_once(b
     clips = load_clips(tmp_path / "clips")  # rendered once with espeak-ng, as the build does
     assert set(clips) == set(CLIPS)
     events, sink = Recorder(), WavSink(tmp_path / "played.wav")
-    connect("observer").subscribe(topics.event, 1, events)
+    states = Recorder()
+    observer = connect("observer")
+    observer.subscribe(topics.event, 1, events)
+    observer.subscribe(topics.player_state, 0, states)
     device = connect("device")
     rid = new_request_id()
     settings = PlayerSettings(error_wait_s=2.0)
@@ -131,9 +134,10 @@ def test_polly_failing_for_every_sentence_the_person_hears_the_local_clip_once(b
                            QOS_AT_MOST_ONCE).result(5)
             events.wait_for(lambda ms: any(b'"apology"' in p for _, p in ms), 15)
             events.wait_for(lambda ms: sum(b'"source":"speech"' in p for _, p in ms) >= 2, 15)
+            # The device spoke (the clip: the microphone is muted meanwhile) and is listening again.
+            states.wait_for(lambda ms: [json.loads(p)["state"] for _, p in ms][-2:] == ["speaking", "idle"], 15)
 
         await asyncio.to_thread(speak)
-        await asyncio.wait_for(_idle(player), 15)  # the clip has been played out
         stop.set()
         await task
         return player
@@ -152,7 +156,3 @@ def test_polly_failing_for_every_sentence_the_person_hears_the_local_clip_once(b
     clip, _ = sf.read(tmp_path / "clips" / "trouble.wav", dtype="int16")
     assert len(played) == len(clip) > rate  # the whole clip, once, and nothing else
 
-
-async def _idle(player: Player) -> None:
-    while player.state != "idle" or player._playing is not None:
-        await asyncio.sleep(0.02)  # polls the loop's own state (bounded by the caller's wait_for)

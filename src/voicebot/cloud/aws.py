@@ -41,6 +41,15 @@ def iot_data_client(region: str | None = None) -> Any:
     return boto3.client("iot-data", region_name=region, endpoint_url=url, config=config)
 
 
+def dynamodb_config() -> Any:
+    """DynamoDB answers in milliseconds; a table that is throttled, stalled or failing must cost the chat seconds,
+    not the Lambda's whole timeout (botocore's defaults: 60 s read timeout, retried). At most 2 attempts of 1 s
+    connect + 1 s read plus the retry's backoff: ``ChatSettings.store_call_s`` (4 s) is this bound."""
+    from botocore.config import Config
+
+    return Config(connect_timeout=1, read_timeout=1, retries={"mode": "standard", "total_max_attempts": 2})
+
+
 def chat_settings_from_env() -> ChatSettings:
     from voicebot.cloud.chat import ChatSettings
 
@@ -54,13 +63,11 @@ def chat_settings_from_env() -> ChatSettings:
 
 def chat_deps_from_env(*, model: Any = None) -> ChatDeps:
     import boto3
-    from botocore.config import Config
 
     from voicebot.cloud.chat import ChatDeps
     from voicebot.cloud.llm import BedrockModels, LlmSettings
 
-    config = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 2})
-    table = boto3.resource("dynamodb", config=config).Table(require_env("HISTORY_TABLE"))
+    table = boto3.resource("dynamodb", config=dynamodb_config()).Table(require_env("HISTORY_TABLE"))
     return ChatDeps(
         model=model,
         model_for_budget=BedrockModels(LlmSettings.from_env()),  # client timeouts follow the invocation's time left

@@ -18,7 +18,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
-from voicebot.cloud.history import HistoryStore, Turn
+from voicebot.cloud.history import GuardedHistory, HistoryStore, Turn
 from voicebot.cloud.llm import SYSTEM_PROMPT, stream_until
 from voicebot.cloud.publish import Publisher, send, send_error
 from voicebot.protocol import (
@@ -60,6 +60,9 @@ class ChatSettings:
     letters, so the device starts speaking before the first sentence is complete; 0: sentences only. Ten Hangul
     letters are about twelve characters with spaces and 1.5 s of speech: long enough to cover what the rest of the
     sentence needs (model and TTS), so no gap follows the first piece."""
+    store_call_s: float = 4.0
+    """The longest one history-store call can take with its client's timeouts and retries (DynamoDB: 2 attempts of
+    1 s connect + 1 s read, plus backoff); no call starts with less than this left before the reserve."""
     stream_sentences: bool = True
     """False = the source blog's whole-answer behaviour (wait for the full answer, one message): the benchmark's
     baseline. Never what a device should use."""
@@ -89,6 +92,8 @@ class ChatOutcome:
     request_id: str
     sentences: list[str]
     error: str | None = None
+    store_problems: list[str] = field(default_factory=list)
+    """History-store failures this turn (answered regardless; each also went out as an error event)."""
 
 
 def build_messages(system_prompt: str, history: list[Turn], question: str) -> list[BaseMessage]:
@@ -172,10 +177,22 @@ def apologise(deps: ChatDeps, out: AnswerStream, *, detail: str, until: float) -
         delay = min(delay * 2, 2.0)
 
 
-def superseded(deps: ChatDeps, thing: str, request_id: str) -> bool:
+def superseded(history: HistoryStore | GuardedHistory, thing: str, request_id: str) -> bool:
     """The device asked something else since this answer started."""
-    latest = deps.history.latest_request(thing)
+    latest = history.latest_request(thing)
     return bool(latest) and latest != request_id
+
+
+#: A store call never starts when less than this would be left after it: the apology's publish needs it.
+STORE_RESERVE_S = 2.0
+
+
+def report_store_problems(deps: ChatDeps, topics: Topics, request_id: str, history: GuardedHistory) -> None:
+    """Each store failure of this turn, once, as an ``error`` event (the person hears the answer regardless)."""
+    while len(history.problems) > history.reported:
+        send_error(deps.publisher, topics, source="chat", request_id=request_id,
+                   detail=history.problems[history.reported])
+        history.reported += 1
 
 
 def answer_budget(settings: ChatSettings, time_left_s: Callable[[], float] | None) -> float:
@@ -227,7 +244,10 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
         return ChatOutcome(thing, message.request_id, out.sentences, "question too long")
 
     # At-least-once delivery and concurrent handlers: one atomic write decides whether this request is answered.
-    taken = deps.history.take_request(thing, message.request_id)
+    # Every store call goes through the guard: a throttled, stalled or failing table never silences the device.
+    history = GuardedHistory(deps.history, time_left_s=time_left_s, call_budget_s=settings.store_call_s,
+                             reserve_s=STORE_RESERVE_S)
+    taken = history.take_request(thing, message.request_id)
     if taken == "duplicate":
         log.info("chat: %s from %s was delivered again; answered once already", message.request_id, thing)
         return ChatOutcome(thing, message.request_id, [], "duplicate")
@@ -235,14 +255,10 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
         log.info("chat: %s from %s arrived after a newer request; not answered", message.request_id, thing)
         return ChatOutcome(thing, message.request_id, [], "superseded")
 
-    if message.replaces:  # the person went on from an early transcript: its answer was never heard
-        try:
-            if deps.history.forget(thing, message.replaces):
-                log.info("chat: %s replaces %s; that turn left the history", message.request_id, message.replaces)
-        except Exception as exc:  # the answer matters more than a stale turn in the history
-            log.warning("chat: could not remove replaced turn %s: %s", message.replaces, describe(exc))
-    history = deps.history.recent(thing, settings.history_turns)
-    messages = build_messages(settings.system_prompt, history, question)
+    if message.replaces and history.forget(thing, message.replaces):  # its early answer was never heard
+        log.info("chat: %s replaces %s; that turn left the history", message.request_id, message.replaces)
+    messages = build_messages(settings.system_prompt, history.recent(thing, settings.history_turns), question)
+    report_store_problems(deps, topics, message.request_id, history)
     splitter = SentenceSplitter(first_clause_chars=settings.first_clause_chars)
     try:
         held: list[str] = []  # baseline only: the whole answer, spoken at the end
@@ -252,7 +268,7 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
                 if not settings.stream_sentences:
                     held.append(sentence)
                     continue
-                if out.seq and superseded(deps, thing, message.request_id):  # (the first one goes out unchecked)
+                if out.seq and superseded(history, thing, message.request_id):  # (the first one goes out unchecked)
                     # The person asked something else: stop paying for an answer nobody will hear.
                     log.info("chat: %s from %s superseded mid-answer; stopped", message.request_id, thing)
                     return ChatOutcome(thing, message.request_id, out.sentences, "superseded")
@@ -271,10 +287,12 @@ def answer_transcript(event: Mapping[str, Any], deps: ChatDeps, *,
         if not out.closed:  # (an answer that went out whole needs no apology)
             apologise(deps, out, detail=f"{what}: {describe(exc)}",
                       until=deadline + max(0.0, settings.reserve_s - 5.0))
+        report_store_problems(deps, topics, message.request_id, history)
         return ChatOutcome(thing, message.request_id, out.sentences, describe(exc))
 
-    if superseded(deps, thing, message.request_id):  # as in the loop: an answer overtaken while written is not kept
+    if superseded(history, thing, message.request_id):  # as in the loop: an answer overtaken while written is not kept
         log.info("chat: %s from %s superseded as it ended; not kept in the history", message.request_id, thing)
         return ChatOutcome(thing, message.request_id, out.sentences, "superseded")
-    deps.history.append(thing, Turn(message.request_id, question, " ".join(out.sentences), now_ms()))
-    return ChatOutcome(thing, message.request_id, out.sentences)
+    history.append(thing, Turn(message.request_id, question, " ".join(out.sentences), now_ms()))
+    report_store_problems(deps, topics, message.request_id, history)
+    return ChatOutcome(thing, message.request_id, out.sentences, store_problems=history.problems)

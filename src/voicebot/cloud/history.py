@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from voicebot.protocol import CLOCK_SKEW_MS, carries_time, first_id_after, now_ms
+
+log = logging.getLogger(__name__)
 
 Taken = Literal["taken", "duplicate", "older"]
 
@@ -39,6 +43,64 @@ class HistoryStore(Protocol):
     def take_request(self, thing: str, request_id: str) -> Taken:
         """Make ``request_id`` the device's latest request, atomically, unless it is not newer (``is_newer``):
         "taken"; "duplicate" when it already is the latest (a second delivery); "older" when a newer one is."""
+
+
+class GuardedHistory:
+    """One turn's view of a ``HistoryStore`` that never lets the store decide whether the person hears an answer.
+
+    What a store failure means for the person (decided here, for SQLite and DynamoDB alike):
+    * history unreadable -> the model answers without the earlier turns;
+    * the request-ordering write fails -> answered anyway (a rare duplicate or late answer is better than silence);
+    * "has a newer question come?" unreadable -> assumed not;
+    * history unwritable -> the answer was already spoken; the turn is missing from the next prompt.
+    Each failure is one log line and one entry in ``problems`` (the chat publishes it as an ``error`` event). After
+    the first failure the store is not asked again this turn (a stalled table would cost its timeout every time),
+    and no call starts when less than ``call_budget_s`` is left before ``reserve_s`` (time the apology needs).
+    """
+
+    def __init__(self, store: HistoryStore, *, time_left_s: Callable[[], float] | None = None,
+                 call_budget_s: float = 4.0, reserve_s: float = 6.0) -> None:
+        self.store = store
+        self.time_left_s = time_left_s
+        self.call_budget_s = call_budget_s
+        self.reserve_s = reserve_s
+        self.problems: list[str] = []
+        self.reported = 0  # how many of ``problems`` were published
+        self._down = False
+
+    def _call(self, what: str, call: Callable[[], Any], fallback: Any) -> Any:
+        if self._down:
+            return fallback
+        if self.time_left_s is not None and self.time_left_s() - self.reserve_s < self.call_budget_s:
+            self._fail(what, "no time left for it")
+            return fallback
+        try:
+            return call()
+        except Exception as exc:
+            text = str(exc) or type(exc).__name__
+            self._fail(what, f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text)
+            return fallback
+
+    def _fail(self, what: str, why: str) -> None:
+        self._down = True
+        line = f"history store failed ({what}: {why[:300]}); answering without it this turn"
+        log.error("chat: %s", line)
+        self.problems.append(line)
+
+    def recent(self, thing: str, limit: int) -> list[Turn]:
+        return self._call("read history", lambda: self.store.recent(thing, limit), [])
+
+    def append(self, thing: str, turn: Turn) -> None:
+        self._call("write history", lambda: self.store.append(thing, turn), None)
+
+    def forget(self, thing: str, request_id: str) -> bool:
+        return self._call("forget a replaced turn", lambda: self.store.forget(thing, request_id), False)
+
+    def latest_request(self, thing: str) -> str | None:
+        return self._call("read the latest request", lambda: self.store.latest_request(thing), None)
+
+    def take_request(self, thing: str, request_id: str) -> Taken:
+        return self._call("order the request", lambda: self.store.take_request(thing, request_id), "taken")
 
 
 LATEST = "#latest"  # sorts before every "<epoch ms>#<requestId>" turn key
