@@ -172,7 +172,10 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
                         quiet_margin_db=args.quiet_margin_db),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
     )
+    from voicebot.request_ids import default_state_file, keep_request_ids_in
+
     connection = connection_settings(args)
+    keep_request_ids_in(default_state_file(args.thing))  # request order survives a restart after a clock jump
     source = open_source(args.source, frame_ms=settings.vad.frame_ms)
     stt = open_stt(args.stt, region=args.region)
     transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}", wait_forever=True)

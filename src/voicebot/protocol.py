@@ -18,10 +18,9 @@ from pydantic.alias_generators import to_camel
 
 from voicebot.request_ids import (  # re-exported: ids are part of the protocol
     CLOCK_SKEW_MS,
-    carries_time,
     first_id_after,
+    horizon_id,
     is_newer,
-    known_newer,
     new_request_id,
     now_ms,
     request_id_time,
@@ -365,5 +364,5 @@ def decode(model: type[M], payload: bytes | str | dict[str, Any], *, limit: int 
 # Audio in parts lives in voicebot.audio_parts; re-exported here, where every message shape is named.
 from voicebot.audio_parts import AudioAssembler, SentenceAudio, split_audio  # noqa: E402
 
-__all__ = ["CLOCK_SKEW_MS", "AudioAssembler", "SentenceAudio", "carries_time", "first_id_after", "is_newer",
-           "known_newer", "new_request_id", "now_ms", "request_id_time", "split_audio"]
+__all__ = ["CLOCK_SKEW_MS", "AudioAssembler", "SentenceAudio", "first_id_after", "horizon_id", "is_newer",
+           "new_request_id", "now_ms", "request_id_time", "split_audio"]

@@ -1,12 +1,28 @@
-"""Request ids: UUIDv7 strings, sortable by the time they were made, so "newer" needs no shared clock; and how far a
-time inside an id is trusted (a device's clock may be wrong, a stranger's id may be forged)."""
+"""Request ids: UUIDv7 strings, sortable by the time they were made, so "newer" needs no shared clock; and how
+"newer" survives a device clock that is wrong or jumps (a Raspberry Pi has no clock battery: it boots with a stale
+time and NTP moves it later, back or forward).
+
+Ordering is decided here, once, for the chat, the history stores and the player:
+
+* A device's ids never go backwards. Within a process the id's time is ``max(clock, last + 1 counter step)``, so a
+  clock set back by NTP continues from the last id; across restarts a high-water mark kept in a state file
+  (``keep_request_ids_in``) does the same. The time inside an id is the device's order first, the time second.
+* Two UUIDv7 ids compare as strings (time first). One exception, for a device that lost its state file after its
+  clock had been far ahead: when the newest id seen is more than ``CLOCK_SKEW_MS`` ahead of the receiver's clock and
+  the new one is not, the new one is newer (the device's clock was corrected and its order restarted).
+* Any other id (typed in a console) counts as newer when it arrives.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
 import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def now_ms() -> int:
@@ -15,12 +31,61 @@ def now_ms() -> int:
 
 _id_lock = threading.Lock()
 _id_last = (0, 0)  # (ms, counter) of the last id made in this process
+_state_path: Path | None = None  # where the high-water mark is kept across restarts (device components only)
+_state_mark = 0  # no id of this process has a time above this mark without it being saved first
+#: The mark is saved this far ahead of the id's time: one small write a minute at most, and after a restart ids
+#: continue at most this much ahead of the clock (well inside CLOCK_SKEW_MS).
+STATE_AHEAD_MS = 60_000
+
+
+def default_state_file(thing: str) -> Path:
+    """Where a device's interpreter keeps its order: ``VOICEBOT_STATE_DIR`` (the recipe sets the component's work
+    folder), else the user's state folder."""
+    base = os.environ.get("VOICEBOT_STATE_DIR") or os.environ.get("XDG_STATE_HOME") or \
+        str(Path.home() / ".local" / "state" / "voicebot")
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", thing)[:128]
+    return Path(base) / f"request-ids-{safe}"
+
+
+def keep_request_ids_in(path: str | Path) -> None:
+    """Make this process's ids continue above the mark saved in ``path`` (and keep saving it there), so that a
+    restart after the clock was set back never makes ids that look older than the ones already sent."""
+    global _state_path, _state_mark, _id_last
+    path = Path(path)
+    try:
+        mark = int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        mark = 0
+    except (OSError, ValueError) as exc:
+        log.warning("request id state %s unreadable (%s); starting from the clock", path, exc)
+        mark = 0
+    with _id_lock:
+        _state_path, _state_mark = path, mark
+        if mark > _id_last[0]:
+            _id_last = (mark, 0)
+
+
+def _save_mark(ms: int) -> None:
+    global _state_mark
+    if _state_path is None or ms <= _state_mark:
+        return
+    mark = ms + STATE_AHEAD_MS
+    try:
+        _state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _state_path.with_suffix(".tmp")
+        tmp.write_text(str(mark))
+        os.replace(tmp, _state_path)  # atomic: a power cut leaves the old mark or the new one
+        _state_mark = mark
+    except OSError as exc:  # a read-only or full disk: ids still increase within this process
+        log.warning("request id state %s not saved: %s", _state_path, exc)
+        _state_mark = mark  # (tried once per minute of ids, not per id)
 
 
 def new_request_id() -> str:
     """A UUIDv7 string (RFC 9562): random, but sortable by creation time, so a greater requestId is a newer utterance.
 
-    Within one millisecond a 12-bit counter keeps ids made by this process strictly increasing.
+    Within one millisecond a 12-bit counter keeps ids made by this process strictly increasing, and a clock set back
+    continues from the last id (see the module's text).
     """
     global _id_last
     with _id_lock:
@@ -31,6 +96,7 @@ def new_request_id() -> str:
         else:
             counter = 0
         _id_last = (ms, counter)
+        _save_mark(ms)
     rand_b = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
     h = f"{value:032x}"
@@ -38,8 +104,8 @@ def new_request_id() -> str:
 
 
 _UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-#: How far ahead of this clock a request id's time may be and still count as a time (clocks of devices drift; an id
-#: an hour ahead is a broken clock or a forgery, and must not make every later request look older).
+#: How far ahead of the receiver's clock an id's time may be and still be plausible (clocks of devices drift). Only
+#: used to let a device whose order restarted after its clock was far ahead be heard again (see the module's text).
 CLOCK_SKEW_MS = 5 * 60_000
 
 
@@ -56,26 +122,18 @@ def first_id_after(ms: int) -> str:
     return f"{h[:8]}-{h[8:]}-7000-8000-000000000000"
 
 
-def carries_time(request_id: str, *, now: int | None = None) -> bool:
-    """A UUIDv7 id whose time is not implausibly far in the future: only such ids are ordered by time."""
-    ms = request_id_time(request_id)
-    return ms is not None and ms <= (now_ms() if now is None else now) + CLOCK_SKEW_MS
+def horizon_id(now: int | None = None) -> str:
+    """Ids above this one are implausibly far in the future for this receiver's clock."""
+    return first_id_after((now_ms() if now is None else now) + CLOCK_SKEW_MS)
 
 
-def known_newer(request_id: str, than: str) -> bool:
-    """True only when both ids carry a sane time (UUIDv7, not from the future) and ``request_id`` is the later one."""
-    return carries_time(request_id) and carries_time(than) and request_id > than
-
-
-def is_newer(request_id: str, than: str | None) -> bool:
-    """Whether ``request_id`` supersedes ``than``.
-
-    UUIDv7 ids (what the interpreter makes) compare by the time inside them, so a late message of an older request
-    can never cut off a newer one. Any other id (typed in a console, say), and an id from the future (see
-    ``CLOCK_SKEW_MS``), counts as newer when it arrives and is superseded by whatever comes next.
-    """
+def is_newer(request_id: str, than: str | None, *, now: int | None = None) -> bool:
+    """Whether ``request_id`` supersedes ``than`` (the rule every store and the player follow; see the module)."""
     if than is None or request_id == than:
         return request_id != than
-    if carries_time(request_id) and carries_time(than):
-        return request_id > than
-    return True
+    if request_id_time(request_id) is None or request_id_time(than) is None:
+        return True  # no order: arrival decides
+    if request_id > than:
+        return True
+    horizon = horizon_id(now)
+    return than > horizon >= request_id  # the device's order restarted after its clock was far ahead

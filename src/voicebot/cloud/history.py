@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from voicebot.protocol import CLOCK_SKEW_MS, carries_time, first_id_after, now_ms
+from voicebot.protocol import horizon_id, request_id_time
 
 log = logging.getLogger(__name__)
 
@@ -165,17 +165,19 @@ class SqliteHistory:
         return row[0] if row else None
 
     def take_request(self, thing: str, request_id: str) -> Taken:
-        timed = carries_time(request_id)
-        # One statement decides and writes (no check-then-set): a timed id replaces an untimed one, an older one, or
-        # one from the future; any other id replaces whatever is not itself.
+        timed = request_id_time(request_id) is not None
+        # One statement decides and writes (no check-then-set), by ``is_newer``: a UUIDv7 id replaces an untimed one
+        # or a smaller one, and a plausible one replaces one beyond the horizon; any other id replaces whatever is
+        # not itself.
         with self._lock:
             cursor = self._db.execute(
-                "INSERT INTO latest (thing, request_id, timed) VALUES (?, ?, ?) ON CONFLICT (thing) DO UPDATE"
+                "INSERT INTO latest (thing, request_id, timed) VALUES (?2, ?3, ?4) ON CONFLICT (thing) DO UPDATE"
                 " SET request_id = excluded.request_id, timed = excluded.timed"
                 " WHERE CASE WHEN excluded.timed"
-                "  THEN latest.timed = 0 OR latest.request_id < excluded.request_id OR latest.request_id > ?"
+                "  THEN latest.timed = 0 OR latest.request_id < excluded.request_id"
+                "   OR (latest.request_id > ?1 AND excluded.request_id <= ?1)"
                 "  ELSE latest.request_id <> excluded.request_id END",
-                (thing, request_id, int(timed), first_id_after(now_ms() + CLOCK_SKEW_MS)),
+                (horizon_id(), thing, request_id, int(timed)),
             )
             self._db.commit()
             if cursor.rowcount == 1:
@@ -230,13 +232,16 @@ class DynamoHistory:
     def take_request(self, thing: str, request_id: str) -> Taken:
         from botocore.exceptions import ClientError
 
-        timed = carries_time(request_id)
+        timed = request_id_time(request_id) is not None
         item = {"thing": thing, "turn": LATEST, "request_id": request_id, "timed": timed,
                 "expires_at": int(time.time()) + self.keep_days * 86_400}
         if timed:  # the same rule as SqliteHistory.take_request, as a condition DynamoDB checks on the write
-            condition = "attribute_not_exists(request_id) OR timed = :untimed OR request_id < :id OR request_id > :future"
-            values: dict[str, Any] = {":untimed": False, ":id": request_id,
-                                      ":future": first_id_after(now_ms() + CLOCK_SKEW_MS)}
+            condition = "attribute_not_exists(request_id) OR timed = :untimed OR request_id < :id"
+            values: dict[str, Any] = {":untimed": False, ":id": request_id}
+            horizon = horizon_id()
+            if request_id <= horizon:  # a plausible id also replaces one beyond the horizon
+                condition += " OR request_id > :horizon"
+                values[":horizon"] = horizon
         else:
             condition, values = "attribute_not_exists(request_id) OR request_id <> :id", {":id": request_id}
         try:

@@ -141,6 +141,9 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
     else:
         from voicebot.edge.audio import open_source
         from voicebot.edge.stt import SttError, open_stt
+        from voicebot.request_ids import default_state_file, keep_request_ids_in
+
+        keep_request_ids_in(default_state_file(args.thing))
 
         try:
             stt = open_stt(args.stt, region=args.region)
