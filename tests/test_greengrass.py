@@ -12,7 +12,7 @@ import sys
 import zipfile
 from concurrent.futures import Future
 from pathlib import Path
-from unittest.mock import create_autospec
+from unittest.mock import Mock, create_autospec
 
 import jsonschema
 import pytest
@@ -142,6 +142,7 @@ def ipc():
     client.publish_to_topic_async.return_value = done_future()
     client.subscribe_to_iot_core.return_value = (None, create_autospec(object))
     client.subscribe_to_topic.return_value = (None, create_autospec(object))
+    client.subscribe_to_configuration_update.return_value = (None, Mock(spec=["close"]))
     return client
 
 
@@ -197,6 +198,8 @@ def test_player_over_ipc_subscribes_right_and_applies_a_configuration_update_liv
         await asyncio.wait_for(updated.wait(), 5)
         stop.set()
         await task
+        config.close()  # the update stream is closed when the component stops
+        ipc.subscribe_to_configuration_update.return_value[1].close.assert_called_once()
         return player
 
     player = asyncio.run(main())

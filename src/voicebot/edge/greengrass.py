@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from voicebot.edge.runner import open_device, report_failure, serve
 from voicebot.edge.settings import InterpreterConfig, PlayerConfig
 from voicebot.messaging import ConnectionSettings, IpcTransport, Transport, connect
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
@@ -35,6 +36,7 @@ class ComponentConfig:
     def __init__(self, client: Any = None, *, defaults: Config | None = None) -> None:
         self.client = client
         self.defaults = dict(defaults or {})
+        self._operation: Any = None
 
     def load(self) -> dict[str, Any]:
         if self.client is None:
@@ -57,13 +59,27 @@ class ComponentConfig:
         def changed(event: Any) -> None:  # SDK thread: the event names the key, not the value; re-read it
             keys = event.configuration_update_event.key_path if event.configuration_update_event else []
             log.info("configuration changed: %s", "/".join(keys or []))
-            asyncio.run_coroutine_threadsafe(reload(), loop)
+            future = asyncio.run_coroutine_threadsafe(reload(), loop)
+            future.add_done_callback(_log_failure)  # nothing a reload does wrong may vanish
 
         def failed(exc: Exception) -> bool:
             log.error("configuration update stream error (%s); live settings may lag until the next change", exc)
             return False  # keep the stream open
 
-        self.client.subscribe_to_configuration_update(key_path=[], on_stream_event=changed, on_stream_error=failed)
+        _, self._operation = self.client.subscribe_to_configuration_update(key_path=[], on_stream_event=changed,
+                                                                           on_stream_error=failed)
+
+    def close(self) -> None:
+        if self._operation is not None:
+            with contextlib.suppress(Exception):
+                self._operation.close()
+            self._operation = None
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        exc = future.exception()
+        log.error("configuration update failed", exc_info=(type(exc), exc, exc.__traceback__))
 
 
 def _transport(component: str, thing: str) -> tuple[Transport, ComponentConfig]:
@@ -75,47 +91,23 @@ def _transport(component: str, thing: str) -> tuple[Transport, ComponentConfig]:
     return transport, ComponentConfig(transport.client if isinstance(transport, IpcTransport) else None)
 
 
-async def _serve(make: Callable[[Transport], Any], transport: Transport, config: ComponentConfig) -> None:
-    component = make(transport)
+async def _configured(component: Any, config: ComponentConfig, stop: asyncio.Event) -> None:
+    """Apply the component's configuration, follow its updates, run until ``stop``."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # Greengrass stops components with SIGTERM
-        loop.add_signal_handler(sig, stop.set)
     component.apply_config(await asyncio.to_thread(config.load))
     config.watch(loop, component.apply_config)
-    await component.run(stop)
-
-
-def open_retrying(open_it: Callable[[], Any], what: str, *, retry_s: float = 5.0,
-                  sleep: Callable[[float], None] = time.sleep) -> Any:
-    """Open an audio device, retrying while it is missing (unplugged, busy, a USB card not enumerated yet).
-
-    One clear log line when it fails, then quiet retries (a reminder every ~5 minutes): a device that appears later
-    is picked up without a restart, and Greengrass never sees a traceback exit.
-    """
-    from voicebot.edge.audio import AudioError
-
-    tries = 0
-    while True:
-        try:
-            device = open_it()
-        except AudioError as exc:
-            tries += 1
-            if tries == 1 or tries % max(1, int(300 / retry_s)) == 0:
-                log.error("%s is not available: %s (retrying every %.0f s; `voicebot devices` lists the names)", what,
-                          exc, retry_s)
-            sleep(retry_s)
-            continue
-        if tries:
-            log.info("%s is available now", what)
-        return device
+    try:
+        await component.run(stop)
+    finally:
+        config.close()
 
 
 def run_component(kind: str, argv: list[str] | None = None) -> int:
     """Entry point of ``components/voice-player/main.py`` and ``components/voice-interpreter/main.py``.
 
     The recipe passes its configuration as environment variables (``Setenv``), so any value, spaces and brackets
-    included, arrives as it was written; flags given on the command line win (development).
+    included, arrives as it was written; flags given on the command line win (development). Exit codes: 0 stopped,
+    3 a missing native library (no restart fixes it), 4 cannot do its job (edge/runner.py; Greengrass restarts it).
     """
     env = os.environ.get
     player, interpreter = PlayerConfig.defaults(), InterpreterConfig.defaults()  # the defaults, as the recipes write them
@@ -130,43 +122,51 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
         parser.add_argument("--region", default=env("VOICEBOT_REGION") or env("AWS_REGION") or interpreter.region)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # Greengrass stops a component with SIGTERM, also while it waits for a device: exit cleanly, not as "killed".
+    # Greengrass stops a component with SIGTERM, also while it waits for the broker: exit cleanly, not as "killed".
     # (The asyncio loop installs its own handler once it runs.)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     topics = Topics(args.topic_root, args.thing)
-    if kind == "player":
-        from voicebot.edge.audio import open_sink
-
-        sink = open_retrying(lambda: open_sink(args.sink), f"audio output {args.sink!r}")
-    else:
-        from voicebot.edge.audio import open_source
+    stt = None
+    if kind == "interpreter":
         from voicebot.edge.stt import SttError, open_stt
         from voicebot.request_ids import default_state_file, keep_request_ids_in
 
         keep_request_ids_in(default_state_file(args.thing))
-
         try:
             stt = open_stt(args.stt, region=args.region)
         except SttError as exc:  # a missing native library (libatomic1 for Vosk): no restart will fix it
             log.error("%s", exc)
             return 3
-        source = open_retrying(lambda: open_source(args.source), f"audio input {args.source!r}")
-    transport, config = _transport(kind, args.thing)
-    try:
+    transport, config = _transport(kind, args.thing)  # first: a missing device is reported as an event
+
+    async def report(line: str) -> None:
+        await report_failure(transport, topics, kind, line)
+
+    async def main(stop: asyncio.Event) -> None:
         if kind == "player":
+            from voicebot.edge.audio import open_sink
             from voicebot.edge.clips import load_clips
             from voicebot.edge.player import Player
 
+            sink = await open_device(lambda: open_sink(args.sink), f"audio output {args.sink!r}", stop, report=report)
+            if sink is None:
+                return
             clips = load_clips()  # from the artifact (VOICEBOT_CLIPS, set by the recipe)
             try:
-                asyncio.run(_serve(lambda t: Player(t, topics, sink, reopen=lambda: open_sink(args.sink), clips=clips),
-                                   transport, config))
+                await _configured(Player(transport, topics, sink, reopen=lambda: open_sink(args.sink), clips=clips),
+                                  config, stop)
             finally:
                 sink.close()
         else:
+            from voicebot.edge.audio import open_source
             from voicebot.edge.interpreter import Interpreter
 
-            asyncio.run(_serve(lambda t: Interpreter(t, topics, source, stt), transport, config))
+            source = await open_device(lambda: open_source(args.source), f"audio input {args.source!r}", stop,
+                                       report=report)
+            if source is not None:
+                await _configured(Interpreter(transport, topics, source, stt), config, stop)
+
+    try:
+        return asyncio.run(serve(main, transport, topics, kind))
     finally:
         transport.close()
-    return 0

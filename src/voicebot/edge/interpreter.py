@@ -20,6 +20,7 @@ from typing import Any
 from voicebot.edge.audio import AudioError, AudioSource
 from voicebot.edge.echo_guard import EchoGuard
 from voicebot.edge.endpointing import looks_finished
+from voicebot.edge.runner import DEVICE_WAIT_S, ComponentFailed
 from voicebot.edge.settings import InterpreterConfig
 from voicebot.edge.stopword import StopWordListener
 from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
@@ -43,6 +44,9 @@ from voicebot.protocol import (
 
 log = logging.getLogger(__name__)
 
+#: On stop, how long the last messages may take to go out (a component must stop within 2 s, broker or not).
+STOP_DRAIN_S = 1.0
+
 
 @dataclass(frozen=True)
 class InterpreterSettings:
@@ -61,6 +65,11 @@ class InterpreterSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     source_retry_s: float = 2.0
     """Wait before reopening a microphone that failed (unplugged, busy)."""
+    device_give_up_s: float = DEVICE_WAIT_S
+    """A microphone that keeps failing this long ends the component (Greengrass restarts it)."""
+    stt_give_up: tuple[int, float] = (3, 120.0)
+    """This many utterances in a row that the recognizer failed, over at least this many seconds (unreachable,
+    no credentials), end the component after an ``error`` event: Greengrass shows it ERRORED and restarts it."""
     continuation_s: float = 2.0
     """After a turn ended early (``VadSettings.early_end_ms``), speech within this long continues it: the early
     answer is cancelled before it plays and the next transcript carries the whole question."""
@@ -116,6 +125,10 @@ class Interpreter:
         self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
         self._preempted: _Preempted | None = None  # the last turn that ended early, while it may still go on
         self.outbox = Outbox(transport, "interpreter")
+        self._stt_failures: list[float] = []  # when each utterance in a row failed in the recognizer (bounded)
+        self._unhealthy = asyncio.Event()
+        self._unhealthy_reason = ""
+        self._failures_seen: set[str] = set()  # kinds of background failure already logged with a traceback
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -127,25 +140,37 @@ class Interpreter:
         log.info("interpreter listening on %s with %s", self.source.description, self.stt.name)
         pump = asyncio.create_task(self._pump())
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({pump, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        unhealthy = asyncio.create_task(self._unhealthy.wait())
+        await asyncio.wait({pump, stopper, unhealthy}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
-        if not pump.done():
+        unhealthy.cancel()
+        if not pump.done():  # stopped (a signal) or cannot go on: end now, send what can go out in a second
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
             await self.close()
-        else:
+            await self.outbox.drain(STOP_DRAIN_S)
+            if self._unhealthy.is_set():
+                raise ComponentFailed(self._unhealthy_reason)
+            return
+        try:
             pump.result()
-        await self.drain()
+        except ComponentFailed:
+            await self.close()
+            await self.outbox.drain(STOP_DRAIN_S)
+            raise
+        await self.drain()  # the WAV source ended: everything it said goes out
 
     async def _pump(self) -> None:
         """The microphone loop, supervised: a failing microphone is reopened after a pause; any other failure while
         handling a frame drops that utterance, is logged (the first time and then every 100th), and listening goes on
         with the next frame. Only the end of a WAV source ends it."""
         failures = 0
+        failing_since: float | None = None
         while True:
             try:
                 async for frame in self.source.frames():
+                    failing_since = None
                     try:
                         await self.process(frame)
                     except (AudioError, OSError):
@@ -160,6 +185,10 @@ class Interpreter:
                     await self._on_vad(event)
                 return
             except (AudioError, OSError) as exc:
+                now = self.clock()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= self.settings.device_give_up_s:
+                    raise ComponentFailed(f"the microphone kept failing for {now - failing_since:.0f} s: {exc}") from exc
                 log.error("microphone failed (%s); retrying in %.0f s", exc, self.settings.source_retry_s)
                 self._emit_event("error", detail=f"microphone failed: {exc}")
                 await self._abort_utterance()
@@ -173,11 +202,23 @@ class Interpreter:
         await self.outbox.drain()
 
     def _in_background(self, coro: Any) -> asyncio.Task[None]:
-        """Run ``coro`` beside the microphone loop (a final result may take seconds; the microphone must not wait)."""
+        """Run ``coro`` beside the microphone loop (a final result may take seconds; the microphone must not wait).
+        Whatever it raises is logged with its traceback (once per kind) and published as an ``error`` event."""
         task = asyncio.create_task(coro)
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
+        task.add_done_callback(self._background_done)
         return task
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        kind = type(exc).__name__
+        if kind not in self._failures_seen:
+            self._failures_seen.add(kind)
+            log.error("interpreter: a background task failed", exc_info=(type(exc), exc, exc.__traceback__))
+        self._emit_event("error", detail=f"interpreter: background task failed: {kind}: {exc}")
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Live settings from the component configuration. A new VAD takes over between utterances; a bad value
@@ -298,6 +339,7 @@ class Interpreter:
             self._could_not_hear(utterance.request_id, exc)
             await utterance.transcriber.abort()
             return
+        self._stt_failures.clear()  # the recognizer works
         if utterance.preempted is not None:
             if text and _letters(text) != _letters(utterance.preempted):  # the final has other words than went out
                 log.info("final result differs from the early transcript; sending it as a newer request")
@@ -404,12 +446,19 @@ class Interpreter:
                                                            offline=offline or None), QOS_AT_MOST_ONCE)
 
     def _could_not_hear(self, request_id: str | None, exc: Exception) -> None:
-        """The recognizer failed on an utterance: one log line, an error event, and the player says so aloud."""
+        """The recognizer failed on an utterance: one log line, an error event, and the player says so aloud. Failing
+        every utterance for long (``stt_give_up``) ends the component."""
         log.error("speech recognition failed: %s", exc)
         self._emit_event("error", request_id, detail=f"speech recognition failed: {exc}")
         if request_id:
             self._send(self.topics.control, ControlMessage(action="apologise", request_id=request_id),
                        QOS_AT_MOST_ONCE)
+        count, seconds = self.settings.stt_give_up
+        self._stt_failures = [*self._stt_failures[-(count - 1):], self.clock()] if count > 1 else [self.clock()]
+        if len(self._stt_failures) >= count and self._stt_failures[-1] - self._stt_failures[0] >= seconds:
+            self._unhealthy_reason = (f"speech recognition ({self.stt.name}) failed {count} utterances in a row over "
+                                      f"{self._stt_failures[-1] - self._stt_failures[0]:.0f} s: {exc}")
+            self._unhealthy.set()
 
     def _emit_event(self, type_: str, request_id: str | None = None, *, detail: str | None = None) -> None:
         self._send(self.topics.event, EventMessage(source="interpreter", type=type_, request_id=request_id,

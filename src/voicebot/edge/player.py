@@ -20,6 +20,7 @@ from voicebot.edge.apology import ApologyWatch, Clip
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
 from voicebot.edge.clips import CLIPS
 from voicebot.edge.playback import Action, Finished, Interrupted, Play, PlaybackQueue, Skip
+from voicebot.edge.runner import DEVICE_WAIT_S, ComponentFailed
 from voicebot.edge.settings import PlayerConfig
 from voicebot.messaging import Outbox, Transport, handoff_to_loop, subscribe
 from voicebot.protocol import (
@@ -69,6 +70,8 @@ class PlayerSettings:
     """A completed question with no audio and no event for this long: the cloud is unreachable, say so."""
     error_wait_s: float = 2.0
     """An error reported for a turn and no audio for it within this long: the cloud's apology is not coming."""
+    output_give_up_s: float = DEVICE_WAIT_S
+    """An audio output that cannot be reopened for this long ends the component (Greengrass restarts it)."""
 
 
 class Player:
@@ -144,6 +147,8 @@ class Player:
                 waiters: set[asyncio.Future] = {getter, stopper}
                 if self._playing:
                     waiters.add(self._playing)
+                if self._reopening:
+                    waiters.add(self._reopening)
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     self._on_message(*getter.result())
@@ -153,6 +158,11 @@ class Player:
                         await getter
                 if self._playing and self._playing.done():
                     self._contained(self._finish_playing)
+                if self._reopening and self._reopening.done() and not self._reopening.cancelled():
+                    failure = self._reopening.exception()
+                    self._reopening = None
+                    if isinstance(failure, ComponentFailed):
+                        raise failure
         finally:
             stopper.cancel()
             await self._stop_playing()
@@ -301,6 +311,8 @@ class Player:
         if clip is None:
             self.queue.playback_done(self.clock())
         else:
+            if task is not None and not task.cancelled() and task.exception() is None:
+                self._emit("played", self.apology.request_id, detail=f"{clip} clip")
             self._set_state("speaking" if self.queue.speaking else "idle", self.queue.active_request)
 
     def _interrupt(self) -> None:
@@ -331,13 +343,18 @@ class Player:
                                   type(exc).__name__, exc, retry_s)
                         self._emit("error", detail=f"audio output unavailable: {exc}")
                     self.sink_down_for = tries * retry_s
+                    if self.sink_down_for >= self.settings.output_give_up_s:
+                        raise ComponentFailed(f"the audio output could not be reopened for "
+                                              f"{self.sink_down_for:.0f} s: {type(exc).__name__}: {exc}") from exc
                     await asyncio.sleep(retry_s)  # a device plugged back in is found at the next try
             log.info("player: audio output is back")
             if tries:
                 self._emit("started", detail="audio output is back")
+        except ComponentFailed:
+            raise  # (the loop raises it: the component ends and Greengrass restarts it)
         finally:
-            self._reopening = None
             self.sink_down_for = 0.0
+        self._reopening = None
 
     async def _stop_playing(self) -> None:
         if self._reopening is not None:
