@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     player.add_argument("--gap-timeout", type=float, default=PLAYER.gap_timeout_s,
                         help="seconds to wait for a missing sentence")
     player.add_argument("--volume", type=float, default=PLAYER.volume)
+    player.add_argument("--realtime", action="store_true",
+                        help="a wav: sink takes as long as a speaker would (the echo guard and the timing behave as on "
+                             "a device)")
 
     interp = sub.add_parser("interpreter", help="run the voice-interpreter component (dev mode)")
     _connection_flags(interp)
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "whatever webrtcvad says (0: webrtcvad alone)")
     interp.add_argument("--echo-tail-s", type=float, default=INTERPRETER.echo_tail_s)
     interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
+    interp.add_argument("--realtime", action="store_true",
+                        help="a wav: source is read as fast as a microphone would deliver it (partials, the echo "
+                             "guard and the stop word behave as on a device)")
 
     sub.add_parser("devices", help="list audio inputs and outputs with the exact Source/Sink value for each")
 
@@ -138,24 +144,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_component(run, transport, topics: Topics, source: str) -> int:
+    """A device component until SIGINT/SIGTERM (0) or until it cannot go on (4); see edge/runner.py."""
+    from voicebot.edge.runner import serve
+
+    return asyncio.run(serve(run, transport, topics, source))
+
+
 def cmd_player(args: argparse.Namespace) -> int:
     from voicebot.edge.audio import open_sink
+    from voicebot.edge.clips import load_clips
     from voicebot.edge.player import Player, PlayerSettings
     from voicebot.messaging import connect
 
     transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}", wait_forever=True)
-    sink = open_sink(args.sink)
-    from voicebot.edge.clips import load_clips
-
-    player = Player(transport, Topics(args.topic_root, args.thing), sink,
-                    PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume),
-                    reopen=lambda: open_sink(args.sink), clips=load_clips())
+    topics = Topics(args.topic_root, args.thing)
     try:
-        _run_until_signal(player.run)
+        sink = open_sink(args.sink, realtime=args.realtime)
+        player = Player(transport, topics, sink, PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume),
+                        reopen=lambda: open_sink(args.sink, realtime=args.realtime), clips=load_clips())
+        try:
+            return _run_component(player.run, transport, topics, "player")
+        finally:
+            player.sink.close()
     finally:
-        player.sink.close()
         transport.close()
-    return 0
 
 
 def cmd_interpreter(args: argparse.Namespace) -> int:
@@ -164,6 +177,7 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
     from voicebot.edge.stt import open_stt
     from voicebot.edge.vad import VadSettings
     from voicebot.messaging import connect
+    from voicebot.request_ids import default_state_file, keep_request_ids_in
 
     settings = InterpreterSettings(
         vad=VadSettings(engine=args.vad, aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
@@ -172,23 +186,22 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
                         quiet_margin_db=args.quiet_margin_db),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
     )
-    from voicebot.request_ids import default_state_file, keep_request_ids_in
-
     connection = connection_settings(args)
     keep_request_ids_in(default_state_file(args.thing))  # request order survives a restart after a clock jump
-    source = open_source(args.source, frame_ms=settings.vad.frame_ms)
+    source = open_source(args.source, frame_ms=settings.vad.frame_ms, realtime=args.realtime)
     stt = open_stt(args.stt, region=args.region)
     transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}", wait_forever=True)
-    interpreter = Interpreter(transport, Topics(args.topic_root, args.thing), source, stt, settings)
+    topics = Topics(args.topic_root, args.thing)
+    interpreter = Interpreter(transport, topics, source, stt, settings)
     try:
-        _run_until_signal(interpreter.run)
+        code = _run_component(interpreter.run, transport, topics, "interpreter")
     finally:
         transport.close()
     print(interpreter.summary(), file=sys.stderr)
     for message in interpreter.published:
         if message.state == "completed":
             print(json.dumps({"requestId": message.request_id, "text": message.text}, ensure_ascii=False))
-    return 0
+    return code
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
@@ -263,15 +276,23 @@ COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "device-policy": cmd_dev
             "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a blocking wait (a broker that is down) like Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    signal.signal(signal.SIGTERM, _terminate)  # (asyncio loops install their own handlers while they run)
     try:
         return COMMANDS[args.command](args)
     except (TransportError, AudioError) as exc:
         print(f"voicebot {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"voicebot {args.command}: stopped", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

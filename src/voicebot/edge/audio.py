@@ -209,15 +209,19 @@ class SoundDeviceSink:
         self._stream.close()
 
 
-def open_sink(spec: str) -> AudioSink:
-    """``device[:NAME]``, ``wav:PATH`` or ``null`` (as on the command line)."""
+def open_sink(spec: str, *, realtime: bool = False) -> AudioSink:
+    """``device[:NAME]``, ``wav:PATH`` or ``null`` (as on the command line). ``realtime``: a WAV sink takes as long
+    as a speaker would (a null sink always does)."""
     kind, _, arg = spec.partition(":")
     if kind == "device":
         return SoundDeviceSink(arg or None)
     if kind == "wav":
         if not arg:
             raise AudioError("wav sink needs a path: --sink wav:PATH")
-        return WavSink(arg)
+        try:
+            return WavSink(arg, realtime=realtime)
+        except (OSError, RuntimeError) as exc:  # (soundfile raises RuntimeError for a path it cannot open)
+            raise AudioError(f"cannot write the wav sink {arg!r}: {exc}") from exc
     if kind == "null":
         return NullSink()
     raise AudioError(f"unknown sink {spec!r} (device[:NAME], wav:PATH or null)")
@@ -364,13 +368,14 @@ class MicSource:
                     pending = pending[size:]
 
 
-def open_source(spec: str, *, frame_ms: int = 30) -> AudioSource:
-    """``mic[:NAME]`` or ``wav:PATH`` (as on the command line)."""
+def open_source(spec: str, *, frame_ms: int = 30, realtime: bool = False) -> AudioSource:
+    """``mic[:NAME]`` or ``wav:PATH`` (as on the command line). ``realtime``: a WAV source delivers its frames as a
+    microphone would, one every ``frame_ms``."""
     kind, _, arg = spec.partition(":")
     if kind == "mic":
         return MicSource(arg or None, frame_ms=frame_ms)
     if kind == "wav":
         if not arg:
             raise AudioError("wav source needs a path: --source wav:PATH")
-        return WavSource(arg, frame_ms=frame_ms, realtime=False)
+        return WavSource(arg, frame_ms=frame_ms, realtime=realtime)
     raise AudioError(f"unknown source {spec!r} (mic[:NAME] or wav:PATH)")

@@ -67,7 +67,7 @@ async def serve(run: Callable[[asyncio.Event], Awaitable[None]], transport: Tran
         await report_failure(transport, topics, source, f"{source} stopped: {exc}")
         return EXIT_UNHEALTHY
     if lost:
-        log.error("%s: connection lost for good (%s); exiting", source, lost[0])
+        log.error("%s: exiting, its connection is gone for good (said above)", source)
         return EXIT_UNHEALTHY
     return 0
 

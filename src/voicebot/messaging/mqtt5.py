@@ -118,9 +118,10 @@ class Mqtt5Transport:
                                           max_reconnect_delay_ms=LOCAL_MAX_RECONNECT_MS,
                                           retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.NONE, **common)
         self._client = mqtt5.Client(options)
+        log.info("connecting to %s as %s", self.description, client_id)
         self._client.start()
         try:
-            if not self._wait_connected(min(connect_timeout, 5.0) if wait_forever else connect_timeout):
+            if not self._wait_connected(min(connect_timeout, 2.0) if wait_forever else connect_timeout):
                 if not wait_forever:
                     raise TransportError(f"could not connect to {self.description} within {connect_timeout:.0f} s")
                 # A device component outlives a broker that is down (or not up yet): keep trying, say so once.
