@@ -167,6 +167,12 @@ def test_ipc_transport_routes_cloud_topics_to_iot_core_and_local_ones_to_pubsub(
     local["on_stream_event"](SubscriptionResponseMessage(
         binary_message=BinaryMessage(message=b"y", context=MessageContext(topic=topics.control))))
     assert got == [(topics.audio, b"x"), (topics.control, b"y")]
+    # The nucleus closes a stream (it restarted, or dropped us): the component is told, once, and exits (runner.py).
+    lost: list[str] = []
+    transport.on_lost(lost.append)
+    sub["on_stream_closed"]()
+    local["on_stream_closed"]()
+    assert len(lost) == 1 and topics.audio in lost[0]
     transport.close()
     ipc.close.assert_called_once()
 

@@ -4,6 +4,7 @@ topics through local pub/sub."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from voicebot.messaging import MessageHandler, TransportError, _map_future
@@ -29,6 +30,27 @@ class IpcTransport:
         self.client = client
         self.description = "Greengrass IPC"
         self._operations: list = []
+        self._closing = False
+        self._on_lost: list[Callable[[str], None]] = []
+        self.lost: str | None = None
+
+    def on_lost(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(reason)`` when the IPC connection is gone (a subscription stream closed that we did not
+        close: the nucleus restarted or dropped us). Nothing comes in any more: the component should exit."""
+        self._on_lost.append(callback)
+        if self.lost:
+            callback(self.lost)
+
+    def _stream_closed(self, topic_filter: str) -> None:
+        if self._closing or self.lost:
+            return
+        self.lost = f"the Greengrass IPC stream for {topic_filter} was closed"
+        log.error("%s; nothing more can be received", self.lost)
+        for callback in list(self._on_lost):
+            try:
+                callback(self.lost)
+            except Exception:
+                log.exception("IPC lost callback failed")
 
     def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
         if is_device_local(topic):
@@ -53,18 +75,21 @@ class IpcTransport:
                     topic = msg.context.topic if msg.context else topic_filter
                     handler(topic, bytes(msg.message))
 
-            _, op = self.client.subscribe_to_topic(topic=topic_filter, on_stream_event=on_local, on_stream_error=on_error)
+            _, op = self.client.subscribe_to_topic(topic=topic_filter, on_stream_event=on_local, on_stream_error=on_error,
+                                                   on_stream_closed=lambda: self._stream_closed(topic_filter))
         else:
 
             def on_iot(event) -> None:  # IoTCoreMessage
                 handler(event.message.topic_name, bytes(event.message.payload))
 
             _, op = self.client.subscribe_to_iot_core(
-                topic_name=topic_filter, qos=_ipc_qos(qos), on_stream_event=on_iot, on_stream_error=on_error
+                topic_name=topic_filter, qos=_ipc_qos(qos), on_stream_event=on_iot, on_stream_error=on_error,
+                on_stream_closed=lambda: self._stream_closed(topic_filter),
             )
         self._operations.append(op)
 
     def close(self) -> None:
+        self._closing = True
         for op in self._operations:
             try:
                 op.close()

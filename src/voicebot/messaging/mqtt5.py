@@ -118,7 +118,7 @@ class Mqtt5Transport:
                                           max_reconnect_delay_ms=LOCAL_MAX_RECONNECT_MS,
                                           retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.NONE, **common)
         self._client = mqtt5.Client(options)
-        log.info("connecting to %s as %s", self.description, client_id)
+        log.log(logging.INFO if wait_forever else logging.DEBUG, "connecting to %s as %s", self.description, client_id)
         self._client.start()
         try:
             if not self._wait_connected(min(connect_timeout, 2.0) if wait_forever else connect_timeout):
