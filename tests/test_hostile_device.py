@@ -228,3 +228,83 @@ def test_a_failed_speaker_is_reopened_and_the_next_answer_plays(topics, tmp_path
     reopened.close()
     played, _ = sf.read(tmp_path / "after.wav", dtype="int16")
     assert list(np.unique(played)) == [700] and len(played) == 3200
+
+
+class PortAudioSink(NullSink):
+    """What sounddevice raises when the device vanishes: ``PortAudioError`` derives from Exception, not OSError."""
+
+    async def play(self, samples) -> None:
+        import sounddevice
+
+        raise sounddevice.PortAudioError("Error opening OutputStream: Device unavailable [PaErrorCode -9985]")
+
+
+def test_a_portaudio_error_while_reopening_never_kills_the_reopen_loop(topics, tmp_path):
+    import sounddevice
+
+    transport = MemoryTransport()
+    reopened = WavSink(tmp_path / "after.wav")
+    attempts: list[int] = []
+
+    def reopen():
+        attempts.append(1)
+        if len(attempts) < 3:  # the card is still gone for the first two tries
+            raise sounddevice.PortAudioError("Error querying device -1")
+        return reopened
+
+    first, second = new_request_id(), new_request_id()
+
+    async def main() -> Player:
+        back, done = asyncio.Event(), asyncio.Event()
+
+        def on_event(e) -> None:
+            if e.type == "started" and "audio output is back" in (e.detail or ""):
+                back.set()
+            if e.type == "played" and e.request_id == second and e.seq is None:
+                done.set()
+
+        player = Player(transport, topics, PortAudioSink(realtime=False), PlayerSettings(output_retry_s=0.05),
+                        reopen=reopen, on_event=on_event)
+        stop = asyncio.Event()
+        task = asyncio.create_task(player.run(stop))
+        await asyncio.wait_for(player.ready.wait(), 10)
+        for rid, level in ((first, 5), (second, 700)):
+            if rid == second:
+                await asyncio.wait_for(back.wait(), 10)
+            for m in split_audio(request_id=rid, seq=0, last=True, text="문장", audio=tone(0.2, level),
+                                 format="pcm_s16le", sample_rate=16_000):
+                transport.deliver(topics.audio, encode(m))
+        await asyncio.wait_for(done.wait(), 10)
+        stop.set()
+        await task
+        return player
+
+    player = asyncio.run(asyncio.wait_for(main(), 30))
+    reopened.close()
+    assert len(attempts) == 3
+    errors = [e.detail for e in player.events if e.type == "error"]
+    assert any("audio output failed" in d for d in errors) and sum(d.startswith("audio output unavailable") for d in errors) == 1
+    played, _ = sf.read(tmp_path / "after.wav", dtype="int16")
+    assert list(np.unique(played)) == [700] and len(played) == 3200
+
+
+def test_an_output_that_never_comes_back_ends_the_player_with_a_reason(topics):
+    from voicebot.edge.runner import ComponentFailed
+
+    transport = MemoryTransport()
+
+    def reopen():
+        raise OSError("no such device")
+
+    async def main() -> None:
+        player = Player(transport, topics, BrokenSink(realtime=False),
+                        PlayerSettings(output_retry_s=0.05, output_give_up_s=0.2), reopen=reopen)
+        task = asyncio.create_task(player.run(asyncio.Event()))
+        await asyncio.wait_for(player.ready.wait(), 10)
+        for m in split_audio(request_id=new_request_id(), seq=0, last=True, text="하나", audio=tone(0.1, 5),
+                             format="pcm_s16le", sample_rate=16_000):
+            transport.deliver(topics.audio, encode(m))
+        await asyncio.wait_for(task, 10)
+
+    with pytest.raises(ComponentFailed, match="could not be reopened"):
+        asyncio.run(main())

@@ -70,6 +70,8 @@ class PlayerSettings:
     """A completed question with no audio and no event for this long: the cloud is unreachable, say so."""
     error_wait_s: float = 2.0
     """An error reported for a turn and no audio for it within this long: the cloud's apology is not coming."""
+    output_retry_s: float = 2.0
+    """How often a failed audio output is opened again (a device plugged back in is found at the next try)."""
     output_give_up_s: float = DEVICE_WAIT_S
     """An audio output that cannot be reopened for this long ends the component (Greengrass restarts it)."""
 
@@ -323,11 +325,12 @@ class Player:
             task.add_done_callback(self._cancelled.discard)
             self._playing, self._playing_sentence, self._clip = None, None, None
 
-    async def _reopen_sink(self, retry_s: float = 2.0) -> None:
+    async def _reopen_sink(self) -> None:
         """Close the failed output and open it again, retrying quietly until it is back. Whatever the audio library
         raises (``sounddevice.PortAudioError`` is a plain Exception) is a reason to try again, never the end of the
         loop: a reopen task that died would leave every later answer skipped."""
         assert self.reopen is not None
+        retry_s = self.settings.output_retry_s
         tries = 0
         try:
             with contextlib.suppress(Exception):
@@ -339,7 +342,7 @@ class Player:
                 except Exception as exc:
                     tries += 1
                     if tries == 1:
-                        log.error("player: audio output cannot be reopened yet (%s: %s); retrying every %.0f s",
+                        log.error("player: audio output cannot be reopened yet (%s: %s); retrying every %.1f s",
                                   type(exc).__name__, exc, retry_s)
                         self._emit("error", detail=f"audio output unavailable: {exc}")
                     self.sink_down_for = tries * retry_s
