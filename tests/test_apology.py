@@ -157,3 +157,59 @@ def test_polly_failing_for_every_sentence_the_person_hears_the_local_clip_once(b
     # The interpreter was told: muted while the clip played, then listening again.
     states.wait_for(lambda ms: [json.loads(p)["state"] for _, p in ms][-2:] == ["speaking", "idle"], 10)
 
+
+
+def test_a_question_asked_while_the_device_is_offline_gets_the_offline_clip_at_once(tmp_path):
+    """Under Greengrass, IPC works offline, so the player asks the network itself: a TCP connection to the nucleus's
+    IoT data endpoint. Refused -> the offline clip, without waiting for the no-answer bound."""
+    from unittest.mock import Mock, create_autospec
+
+    import numpy as np
+    from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+    from awsiot.greengrasscoreipc.model import GetConfigurationResponse
+
+    from tests.test_greengrass import done_future
+    from voicebot.cloud.tts import pcm_to_wav
+    from voicebot.edge.audio import NullSink
+    from voicebot.local.broker import free_port
+    from voicebot.messaging import IpcTransport
+    from voicebot.protocol import Topics
+
+    closed_port = free_port()  # nothing listens there: the internet is down
+
+    def configuration(component_name=None, key_path=None):
+        value = {"iotDataEndpoint": "127.0.0.1"} if key_path[-1] == "iotDataEndpoint" else {"port": closed_port}
+        return GetConfigurationResponse(component_name=component_name, value=value)
+
+    ipc = create_autospec(GreengrassCoreIPCClientV2, instance=True)
+    ipc.publish_to_iot_core_async.return_value = done_future()
+    ipc.publish_to_topic_async.return_value = done_future()
+    ipc.subscribe_to_iot_core.return_value = (None, Mock(spec=["close"]))
+    ipc.subscribe_to_topic.return_value = (None, Mock(spec=["close"]))
+    ipc.get_configuration.side_effect = configuration
+    topics = Topics("voicebot", "offline-pi")
+    clip = pcm_to_wav(np.full(1600, 900, dtype=np.int16), 16_000)
+    rid = new_request_id()
+
+    async def main() -> Player:
+        said = asyncio.Event()
+        player = Player(IpcTransport(ipc), topics, NullSink(realtime=False), clips={"offline": clip, "trouble": clip},
+                        on_event=lambda e: said.set() if e.type == "played" and e.detail == "offline clip" else None)
+        task = asyncio.create_task(player.run(stop := asyncio.Event()))
+        await asyncio.wait_for(player.ready.wait(), 5)
+        control = ipc.subscribe_to_topic.call_args.kwargs["on_stream_event"]
+        from awsiot.greengrasscoreipc.model import BinaryMessage, MessageContext, SubscriptionResponseMessage
+
+        control(SubscriptionResponseMessage(binary_message=BinaryMessage(
+            message=encode(ControlMessage(action="expect", request_id=rid)),
+            context=MessageContext(topic=topics.control))))
+        await asyncio.wait_for(said.wait(), 5)  # well before the 10 s no-answer bound
+        stop.set()
+        await task
+        return player
+
+    player = asyncio.run(main())
+    apologies = [e for e in player.events if e.type == "apology"]
+    assert [(e.request_id, e.detail) for e in apologies] == [(rid, "offline")]
+    asked = {tuple(c.kwargs["key_path"]) for c in ipc.get_configuration.call_args_list}
+    assert asked == {("configuration", "iotDataEndpoint"), ("configuration", "mqtt", "port")}

@@ -111,6 +111,7 @@ class Player:
         self._cancelled: set[asyncio.Task[None]] = set()  # interrupted playbacks, kept until they have wound down
         self.reopen = reopen
         self._reopening: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None  # is the cloud reachable? (asked when a question went out)
         self._failures_seen: set[str] = set()  # kinds of loop failure already logged with a traceback (bounded)
         self.sink_down_for = 0.0  # seconds the output has failed to reopen (health: the component gives up)
 
@@ -151,6 +152,8 @@ class Player:
                     waiters.add(self._playing)
                 if self._reopening:
                     waiters.add(self._reopening)
+                if self._probe:
+                    waiters.add(self._probe)
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
                     self._on_message(*getter.result())
@@ -160,6 +163,10 @@ class Player:
                         await getter
                 if self._playing and self._playing.done():
                     self._contained(self._finish_playing)
+                if self._probe and self._probe.done():
+                    if not self._probe.cancelled() and self._probe.exception() is not None:
+                        log.warning("player: connectivity check failed: %s", self._probe.exception())
+                    self._probe = None
                 if self._reopening and self._reopening.done() and not self._reopening.cancelled():
                     failure = self._reopening.exception()
                     self._reopening = None
@@ -222,8 +229,17 @@ class Player:
             self._apply(self.queue.cancel(control.request_id, now))
         elif control.action == "expect" and control.request_id:
             self.apology.expect(control.request_id, now, offline=bool(control.offline))
+            reachable = getattr(self.transport, "reachable", None)
+            if reachable is not None and self.apology.enabled and not control.offline and self._probe is None:
+                self._probe = asyncio.create_task(self._check_online(control.request_id, reachable))
         elif control.action == "apologise" and control.request_id:
             self.apology.failed(control.request_id, now, "offline" if control.offline else "trouble")
+
+    async def _check_online(self, request_id: str, reachable: Callable[[], bool | None]) -> None:
+        """A question went out: if the cloud cannot be reached at all, say so now rather than after the wait."""
+        if await asyncio.to_thread(reachable) is False:
+            log.warning("player: AWS IoT Core is not reachable; the question %s cannot be answered", request_id[-8:])
+            self.apology.failed(request_id, self.clock(), "offline")
 
     def _on_command(self, command: CommandMessage, now: float) -> None:
         if command.action == "cancel":
@@ -362,6 +378,8 @@ class Player:
     async def _stop_playing(self) -> None:
         if self._reopening is not None:
             self._reopening.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         self._interrupt()
         for task in list(self._cancelled):
             with contextlib.suppress(asyncio.CancelledError):

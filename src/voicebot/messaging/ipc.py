@@ -4,6 +4,7 @@ topics through local pub/sub."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -52,6 +53,25 @@ class IpcTransport:
             except Exception:
                 log.exception("IPC lost callback failed")
 
+    def reachable(self, timeout_s: float = 2.0) -> bool | None:
+        """Whether AWS IoT Core can be reached from this device right now: a TCP connection to the nucleus's own
+        data endpoint and MQTT port (IPC itself works offline, so it cannot tell). None when that is unknown."""
+        try:
+            endpoint = _leaf(self.client.get_configuration(
+                component_name=NUCLEUS, key_path=["configuration", "iotDataEndpoint"]).value, "iotDataEndpoint")
+            port = _leaf(self.client.get_configuration(
+                component_name=NUCLEUS, key_path=["configuration", "mqtt", "port"]).value, "port")
+        except Exception as exc:  # not allowed, or no such key
+            log.debug("IoT endpoint unknown: %s", exc)
+            return None
+        if not endpoint:
+            return None
+        try:
+            socket.create_connection((str(endpoint), int(port or 8883)), timeout=timeout_s).close()
+        except OSError:
+            return False
+        return True
+
     def publish(self, topic: str, payload: bytes, qos: int) -> Future[None]:
         if is_device_local(topic):
             from awsiot.greengrasscoreipc.model import BinaryMessage, PublishMessage
@@ -97,6 +117,14 @@ class IpcTransport:
                 log.debug("closing IPC stream: %s", exc)
         self._operations.clear()
         self.client.close()
+
+
+NUCLEUS = "aws.greengrass.Nucleus"
+
+
+def _leaf(value: object, key: str) -> object:
+    """GetConfiguration answers a leaf as {key: value} (or the value itself, depending on the nucleus)."""
+    return value.get(key) if isinstance(value, dict) else value
 
 
 def _ipc_qos(qos: int) -> str:

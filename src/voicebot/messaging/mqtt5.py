@@ -232,6 +232,10 @@ class Mqtt5Transport:
         if self.taken_over:
             callback("session taken over")
 
+    def reachable(self, timeout_s: float = 2.0) -> bool:
+        """Whether the broker (IoT Core, the local one) is reachable: this client is connected to it."""
+        return self.connected
+
     @property
     def connected(self) -> bool:
         """Connected to the broker right now."""
