@@ -140,11 +140,14 @@ def read_lines(stream, into: queue.Queue) -> None:
 
 
 def test_a_device_name_with_spaces_and_parentheses_arrives_intact_and_a_missing_device_is_retried(player_v1, device,
-                                                                                               project):
+                                                                                               project, broker,
+                                                                                               connect):
     name = "device:USB Audio (hw:2,0) 'left' $HOME; `x`"
     lifecycle = device.deploy(project / PLAYER_DIR / "greengrass-build", PLAYER, Sink=name)
-    proc = subprocess.Popen(["sh", "-c", lifecycle.run], env=lifecycle.env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    events = Recorder()
+    connect("observer").subscribe(Topics("voicebot", THING).event, 1, events)
+    proc = subprocess.Popen(["sh", "-c", lifecycle.run], env={**lifecycle.env, "VOICEBOT_BROKER": broker.url},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=read_lines, args=(proc.stderr, lines), daemon=True).start()
     try:
@@ -154,7 +157,9 @@ def test_a_device_name_with_spaces_and_parentheses_arrives_intact_and_a_missing_
         (line,) = [line for line in seen if "is not available" in line]
         assert f"audio output {name!r} is not available" in line and "voicebot devices" in line
         assert not any("Traceback" in line or "syntax error" in line for line in seen), seen
-        assert proc.poll() is None  # still running: it retries until the device appears
+        assert proc.poll() is None  # still running: it retries until the device appears (for 60 s)
+        # and whoever watches the fleet is told which device is missing
+        events.wait_for(lambda ms: any(b'"error"' in p and b"is not available" in p for _, p in ms), 30)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

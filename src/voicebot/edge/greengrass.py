@@ -20,9 +20,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from voicebot.edge.runner import open_device, report_failure, serve
+from voicebot.edge.runner import EXIT_UNHEALTHY, open_device, report_failure, serve
 from voicebot.edge.settings import InterpreterConfig, PlayerConfig
-from voicebot.messaging import ConnectionSettings, IpcTransport, Transport, connect
+from voicebot.messaging import ConnectionSettings, IpcTransport, Transport, TransportError, connect
 from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,11 @@ def run_component(kind: str, argv: list[str] | None = None) -> int:
         except SttError as exc:  # a missing native library (libatomic1 for Vosk): no restart will fix it
             log.error("%s", exc)
             return 3
-    transport, config = _transport(kind, args.thing)  # first: a missing device is reported as an event
+    try:
+        transport, config = _transport(kind, args.thing)  # first: a missing device is reported as an event
+    except TransportError as exc:
+        log.error("%s cannot start: %s", kind, exc)
+        return EXIT_UNHEALTHY
 
     async def report(line: str) -> None:
         await report_failure(transport, topics, kind, line)
