@@ -213,3 +213,42 @@ def test_a_question_asked_while_the_device_is_offline_gets_the_offline_clip_at_o
     assert [(e.request_id, e.detail) for e in apologies] == [(rid, "offline")]
     asked = {tuple(c.kwargs["key_path"]) for c in ipc.get_configuration.call_args_list}
     assert asked == {("configuration", "iotDataEndpoint"), ("configuration", "mqtt", "port")}
+
+
+def test_a_question_that_gets_nothing_back_is_answered_by_the_clip_once():
+    """The cloud is unreachable or the Lambda died: no audio, no event. After the bound the device says so, once."""
+    from voicebot.edge.audio import NullSink
+    from voicebot.messaging import MemoryTransport
+    from voicebot.protocol import Topics
+
+    transport, topics = MemoryTransport(), Topics("voicebot", "lonely-pi")
+    clip = bytes(WAV_CLIP)
+    rid = new_request_id()
+
+    async def main() -> Player:
+        said = asyncio.Event()
+        player = Player(transport, topics, NullSink(realtime=False), PlayerSettings(no_answer_s=0.3),
+                        clips={"trouble": clip, "offline": clip},
+                        on_event=lambda e: said.set() if e.type == "played" and e.detail == "trouble clip" else None)
+        task = asyncio.create_task(player.run(stop := asyncio.Event()))
+        await asyncio.wait_for(player.ready.wait(), 5)
+        transport.deliver(topics.control, encode(ControlMessage(action="expect", request_id=rid)))
+        await asyncio.wait_for(said.wait(), 5)
+        transport.deliver(topics.control, encode(ControlMessage(action="expect", request_id=rid)))  # (again: once)
+        stop.set()
+        await task
+        return player
+
+    player = asyncio.run(main())
+    assert [(e.request_id, e.detail) for e in player.events if e.type == "apology"] == [(rid, "trouble")]
+
+
+def _wav_clip() -> bytes:
+    import numpy as np
+
+    from voicebot.cloud.tts import pcm_to_wav
+
+    return pcm_to_wav(np.full(1600, 900, dtype=np.int16), 16_000)
+
+
+WAV_CLIP = _wav_clip()

@@ -86,3 +86,21 @@ def test_a_recognizer_that_fails_every_utterance_ends_the_interpreter():
     with pytest.raises(ComponentFailed, match="speech recognition \\(transcribe\\) failed 2 utterances in a row"):
         asyncio.run(main())
     assert sum(e.type == "error" for e in sent(transport, EventMessage, TOPICS.event)) == 2
+
+
+def test_a_failing_background_task_is_logged_with_its_traceback_once_and_published(caplog):
+    transport = MemoryTransport()
+    interpreter = Interpreter(transport, TOPICS, PushSource(), TranscribeBackend(client_factory=HangingClient))
+
+    async def broken() -> None:
+        raise KeyError("final result without text")
+
+    async def main() -> None:
+        for _ in range(2):
+            task = interpreter._in_background(broken())
+            await asyncio.wait({task})
+
+    asyncio.run(main())
+    assert caplog.text.count("a background task failed") == 1 and "Traceback" in caplog.text
+    details = [e.detail for e in sent(transport, EventMessage, TOPICS.event)]
+    assert details == ["interpreter: background task failed: KeyError: 'final result without text'"] * 2
