@@ -254,8 +254,8 @@ def test_monitor_prints_a_recorded_turn_legibly():
     assert "seq 0 part 1/1 pcm_s16le 31.2 KB 1.00 s (last)" in lines[2]
     assert "player: playing seq 0" in lines[3]
     assert '"state": "speaking"' in lines[4]
-    assert lines[-1].strip() == ("latency 2e3f4a5b: first answer +200 ms, first audio +350 ms, playing +400 ms, "
-                                 "done +3000 ms")
+    assert lines[-1].strip() == ("pi-1           latency 2e3f4a5b: first answer +200 ms, first audio +350 ms, "
+                                 "playing +400 ms, done +3000 ms")  # (and which device)
     assert formatter.lines("voicebot/pi-1/answer", b"{broken")[0].endswith("(unreadable: payload is not UTF-8 JSON "
                                                                            "(Expecting property name enclosed in "
                                                                            "double quotes: line 1 column 2 (char 1)))")

@@ -32,7 +32,8 @@ def test_the_cli_defaults_are_the_models():
     interp = parser.parse_args(["interpreter", "--broker", "mqtt://x:1"])
     p, i = PlayerConfig(), InterpreterConfig()
     assert (player.volume, player.gap_timeout, player.sink) == (p.volume, p.gap_timeout_s, p.sink)
-    assert (interp.stt, interp.region, interp.source, interp.vad) == (i.stt, i.region, i.source, i.vad_engine)
+    assert (interp.region, interp.source, interp.vad) == (i.region, i.source, i.vad_engine)
+    assert interp.stt == "auto"  # the device's Transcribe when AWS credentials are found, else Vosk (choose_stt)
     assert (interp.vad_aggressiveness, interp.preroll_ms, interp.hangover_ms, interp.max_utterance_s,
             interp.echo_tail_s) == (i.vad_aggressiveness, i.preroll_ms, i.hangover_ms, i.max_utterance_s, i.echo_tail_s)
     assert (interp.early_end_ms, interp.preempt_ms, interp.quiet_margin_db) == (

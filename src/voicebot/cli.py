@@ -9,7 +9,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NoReturn
 
 from voicebot.edge.audio import AudioError
 from voicebot.edge.settings import InterpreterConfig, PlayerConfig
@@ -19,16 +21,72 @@ from voicebot.protocol import DEFAULT_TOPIC_ROOT, Topics
 log = logging.getLogger("voicebot")
 
 
-def _connection_flags(p: argparse.ArgumentParser) -> None:
+class Parser(argparse.ArgumentParser):
+    """argparse with the errors a person can act on: a bad value is one line naming the flag and what is allowed; a
+    missing or unknown flag also shows this (sub)command's usage. Exit code 2 either way."""
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith(("unrecognized arguments", "the following arguments are required", "one of the")):
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's default in its help line (only where there is one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def setting(model: type, name: str) -> Callable[[str], Any]:
+    """An argparse type that checks a value against the settings model's own field (one source of bounds for the
+    recipes, the live configuration and the command line)."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    field = model.model_fields[name]
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])
+
+    def parse(text: str) -> Any:
+        try:
+            return adapter.validate_python(text)
+        except ValidationError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {exc.errors()[0]['msg']}") from None
+
+    parse.__name__ = name  # (argparse names the type in some messages)
+    return parse
+
+
+def thing_name(text: str) -> str:
+    from voicebot.protocol import THING_NAME_RULE, ProtocolError, check_thing_name
+
+    try:
+        return check_thing_name(text)
+    except ProtocolError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {THING_NAME_RULE}") from None
+
+
+def _verbose_flag(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given after the subcommand it sets the same value; not given, it leaves the top-level one alone.
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+
+
+def _connection_flags(p: argparse.ArgumentParser, *, thing_default: str | None = "dev-device") -> None:
     g = p.add_argument_group("connection")
     g.add_argument("--broker", help="plain MQTT5 broker, mqtt://HOST:PORT (a local mosquitto)")
-    g.add_argument("--endpoint", help="AWS IoT Core data endpoint (mTLS)")
+    g.add_argument("--endpoint", help="AWS IoT Core data endpoint (mTLS), instead of --broker")
     g.add_argument("--cert", help="device certificate PEM (with --endpoint)")
     g.add_argument("--key", help="private key PEM (with --endpoint)")
     g.add_argument("--ca", help="root CA PEM (with --endpoint)")
     g.add_argument("--ipc", action="store_true", help="use Greengrass IPC (inside a Greengrass component)")
-    g.add_argument("--thing", default="dev-device", help="thing name (the device's identity in every topic)")
-    g.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, help="first level of every topic (default voicebot)")
+    g.add_argument("--thing", default=thing_default, type=thing_name,
+                   help="thing name, the device's identity in every topic (AWS IoT rules: letters, digits, : _ -)")
+    g.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, type=setting(PlayerConfig, "topic_root"),
+                   help="first level of every topic")
 
 
 def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
@@ -39,77 +97,129 @@ def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
 
 
 PLAYER, INTERPRETER = PlayerConfig.defaults(), InterpreterConfig.defaults()  # one place for every default (the recipes' too)
+LLM_HELP = ("chat model: bedrock (needs AWS credentials), llamacpp (a local GGUF: pip install 'voicebot[llamacpp]' and "
+            "VOICEBOT_GGUF=/path/model.gguf), loopback (an offline responder that only echoes), or auto: bedrock when "
+            "AWS credentials are found, else llamacpp when VOICEBOT_GGUF is set, else loopback")
+
+
+def _backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", default="auto", choices=["auto", "bedrock", "llamacpp", "loopback"], help=LLM_HELP)
+    p.add_argument("--tts", default="espeak", choices=["espeak", "polly"],
+                   help="speech: espeak-ng (offline, synthetic voice) or Amazon Polly Seoyeon (needs AWS credentials)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voicebot", description="Korean voice-to-voice assistant for Greengrass devices")
+    parser = Parser(prog="voicebot", description="Korean voice-to-voice assistant for Greengrass devices",
+                    formatter_class=Help)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    demo = sub.add_parser("demo", help="one full voice turn on the embedded local stack")
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=Help)
+        _verbose_flag(p)
+        return p
+
+    demo = command("demo", "one full voice turn on the embedded local stack (its own broker, cloud and player)")
     src = demo.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", help="the question, as if transcribed")
     src.add_argument("--audio", type=Path, help="a WAV file with the spoken question (recognised with Vosk)")
-    demo.add_argument("--out", type=Path, default=Path("out"), help="where reply.wav and history go (default out/)")
+    demo.add_argument("--out", type=Path, default=Path("out"), help="where reply.wav and the history go")
     demo.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
-    demo.add_argument("--llm", default="auto", choices=["auto", "bedrock", "llamacpp", "loopback"])
-    demo.add_argument("--thing", default="demo-device")
-    demo.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT)
+    _backend_flags(demo)
+    demo.add_argument("--thing", default="demo-device", type=thing_name, help="the demo device's thing name")
+    demo.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, type=setting(PlayerConfig, "topic_root"),
+                      help="first level of every topic")
 
-    player = sub.add_parser("player", help="run the voice-player component (dev mode)")
+    cloud = command("cloud", "the local cloud for dev mode: the rules of cloud/template.yaml with the chat and speech "
+                             "handlers and a SQLite history, on a broker")
+    cloud.add_argument("--broker", required=True, help="the MQTT5 broker the devices use, mqtt://HOST:PORT")
+    cloud.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, type=setting(PlayerConfig, "topic_root"),
+                       help="first level of every topic")
+    _backend_flags(cloud)
+    cloud.add_argument("--history", type=Path, default=Path("out") / "history.sqlite",
+                       help="the SQLite file that keeps each device's conversation")
+    cloud.add_argument("--template", type=Path, default=None,
+                       help="the SAM template whose IoT rules run (default: cloud/template.yaml of this checkout)")
+
+    player = command("player", "run the voice-player component (dev mode)")
     _connection_flags(player)
-    player.add_argument("--sink", default="device", help="device[:NAME] | wav:PATH | null")
-    player.add_argument("--gap-timeout", type=float, default=PLAYER.gap_timeout_s,
-                        help="seconds to wait for a missing sentence")
-    player.add_argument("--volume", type=float, default=PLAYER.volume)
+    player.add_argument("--sink", default=PLAYER.sink, type=setting(PlayerConfig, "sink"),
+                        help="device[:NAME] (a speaker; `voicebot devices` lists names), wav:PATH (a file), or null")
+    player.add_argument("--gap-timeout", type=setting(PlayerConfig, "gap_timeout_s"), default=PLAYER.gap_timeout_s,
+                        help="seconds to wait for a missing sentence before skipping it (0.1-60)")
+    player.add_argument("--volume", type=setting(PlayerConfig, "volume"), default=PLAYER.volume,
+                        help="0.0 (silent) to 1.0 (as synthesized)")
     player.add_argument("--realtime", action="store_true",
                         help="a wav: sink takes as long as a speaker would (the echo guard and the timing behave as on "
-                             "a device)")
+                             "a device; default: written at once)")
 
-    interp = sub.add_parser("interpreter", help="run the voice-interpreter component (dev mode)")
+    interp = command("interpreter", "run the voice-interpreter component (dev mode)")
     _connection_flags(interp)
-    interp.add_argument("--source", default="mic", help="mic[:NAME] | wav:PATH (a WAV ends the run when done)")
-    interp.add_argument("--stt", default=INTERPRETER.stt, choices=["vosk", "transcribe", "none"],
-                        help="transcribe (as on the device; needs AWS credentials), vosk (offline), or none: VAD "
-                             "only, no recognizer (to measure the interpreter itself)")
-    interp.add_argument("--region", default=INTERPRETER.region, help="AWS region of Amazon Transcribe")
+    interp.add_argument("--source", default=INTERPRETER.source, type=setting(InterpreterConfig, "source"),
+                        help="mic[:NAME] (`voicebot devices` lists names) or wav:PATH (a WAV ends the run when done)")
+    interp.add_argument("--stt", default="auto", choices=["auto", "vosk", "transcribe", "none"],
+                        help="speech recognition: transcribe (Amazon Transcribe, as on the device; needs AWS "
+                             "credentials and a region), vosk (offline), auto (transcribe when AWS credentials are "
+                             "found, else vosk), or none (VAD only, to measure the interpreter itself)")
+    interp.add_argument("--region", default=INTERPRETER.region, type=setting(InterpreterConfig, "region"),
+                        help="AWS region of Amazon Transcribe")
     interp.add_argument("--vad", default=INTERPRETER.vad_engine, choices=["webrtc", "silero"],
-                        help="voice activity detector")
-    interp.add_argument("--vad-aggressiveness", type=int, default=INTERPRETER.vad_aggressiveness, choices=[0, 1, 2, 3])
-    interp.add_argument("--preroll-ms", type=int, default=INTERPRETER.preroll_ms)
-    interp.add_argument("--hangover-ms", type=int, default=INTERPRETER.hangover_ms)
-    interp.add_argument("--max-utterance-s", type=float, default=INTERPRETER.max_utterance_s)
-    interp.add_argument("--early-end-ms", type=int, default=INTERPRETER.early_end_ms,
-                        help="silence that ends a turn whose words sound finished (0: always the hangover)")
-    interp.add_argument("--preempt-ms", type=int, default=INTERPRETER.preempt_ms,
+                        help="voice activity detector (silero: laptops only, the optional extra)")
+    interp.add_argument("--vad-aggressiveness", type=setting(InterpreterConfig, "vad_aggressiveness"),
+                        default=INTERPRETER.vad_aggressiveness,
+                        help="webrtcvad's aggressiveness, 0 (most speech) to 3 (least)")
+    interp.add_argument("--preroll-ms", type=setting(InterpreterConfig, "preroll_ms"), default=INTERPRETER.preroll_ms,
+                        help="audio kept from before the voice started, in ms (0-2000)")
+    interp.add_argument("--hangover-ms", type=setting(InterpreterConfig, "hangover_ms"),
+                        default=INTERPRETER.hangover_ms, help="silence that ends a turn, in ms (100-5000)")
+    interp.add_argument("--max-utterance-s", type=setting(InterpreterConfig, "max_utterance_s"),
+                        default=INTERPRETER.max_utterance_s, help="longest utterance, in seconds (1-120)")
+    interp.add_argument("--early-end-ms", type=setting(InterpreterConfig, "early_end_ms"),
+                        default=INTERPRETER.early_end_ms,
+                        help="silence that ends a turn whose words sound finished, in ms (0: always the hangover)")
+    interp.add_argument("--preempt-ms", type=setting(InterpreterConfig, "preempt_ms"), default=INTERPRETER.preempt_ms,
                         help="silence after finished-sounding words at which the transcript goes out, before the turn "
-                             "has ended (0: at the early end)")
-    interp.add_argument("--quiet-margin-db", type=float, default=INTERPRETER.quiet_margin_db,
+                             "has ended, in ms (0: at the early end)")
+    interp.add_argument("--quiet-margin-db", type=setting(InterpreterConfig, "quiet_margin_db"),
+                        default=INTERPRETER.quiet_margin_db,
                         help="for --preempt-ms: frames this close to the room's noise floor count as silence, "
-                             "whatever webrtcvad says (0: webrtcvad alone)")
-    interp.add_argument("--echo-tail-s", type=float, default=INTERPRETER.echo_tail_s)
-    interp.add_argument("--stop-word", default=None, help="enable a stop word heard while speaking (e.g. 그만)")
+                             "whatever webrtcvad says, in dB (0: webrtcvad alone)")
+    interp.add_argument("--echo-tail-s", type=setting(InterpreterConfig, "echo_tail_s"),
+                        default=INTERPRETER.echo_tail_s,
+                        help="keep the microphone muted this long after the device stops speaking, in seconds (0-5)")
+    interp.add_argument("--stop-word", default=None, type=setting(InterpreterConfig, "stop_word"),
+                        help="a word that, heard while the device speaks, stops the answer (e.g. 그만; default: none)")
     interp.add_argument("--realtime", action="store_true",
                         help="a wav: source is read as fast as a microphone would deliver it (partials, the echo "
-                             "guard and the stop word behave as on a device)")
+                             "guard and the stop word behave as on a device; default: as fast as possible)")
 
-    sub.add_parser("devices", help="list audio inputs and outputs with the exact Source/Sink value for each")
+    command("devices", "list audio inputs and outputs with the exact Source/Sink value for each")
 
     from voicebot.cloud.device_policy import add_arguments
 
-    add_arguments(sub.add_parser("device-policy", help="print the AWS IoT policy of one core device (its own topics "
-                                                       "and client ids only)"))
+    add_arguments(command("device-policy", "print the AWS IoT policy of one core device (its own topics and client "
+                                           "ids only)"))
 
-    monitor = sub.add_parser("monitor", help="print every voicebot message as a legible line")
-    _connection_flags(monitor)
+    monitor = command("monitor", "print every voicebot message as a legible line")
+    _connection_flags(monitor, thing_default=None)  # (None: every device)
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
 
-    bench = sub.add_parser("bench", help="latency, gaps, fleet load, footprint and cost, measured on the local stack")
+    bench = command("bench", "latency, gaps, fleet load, footprint and cost, measured on the local stack")
     from voicebot.bench.options import add_arguments
 
     add_arguments(bench)
 
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but an unknown flag is reported with the subcommand's usage, not the top-level one."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _run_until_signal(main) -> None:
@@ -128,19 +238,59 @@ def _run_until_signal(main) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)  # the conversation is the output
-    from voicebot.cloud.llm import LlmSettings
+    from voicebot.cloud.llm import BackendError, LlmSettings
+    from voicebot.cloud.tts import TtsError
     from voicebot.local.demo import DemoError, DemoSettings, run_demo
 
     settings = DemoSettings(out_dir=args.out, thing=args.thing, topic_root=args.topic_root,
-                            llm=LlmSettings(backend=args.llm))
+                            llm=LlmSettings(backend=args.llm), tts=args.tts)
     try:
         summary = run_demo(text=args.text, audio=args.audio, settings=settings,
                            echo=(lambda s: print(s, file=sys.stderr)) if args.json else print)
     except DemoError as exc:
         print(f"voicebot demo: {exc}", file=sys.stderr)
         return 1
+    except (BackendError, TtsError) as exc:
+        print(f"voicebot demo: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))
+    return 0
+
+
+def cmd_cloud(args: argparse.Namespace) -> int:
+    """The local cloud on a broker, until Ctrl-C: what the IoT rules, Lambdas, DynamoDB and Polly are on AWS."""
+    import threading
+
+    from voicebot.cloud.history import SqliteHistory
+    from voicebot.cloud.llm import BackendError, LlmSettings, build_chat_model
+    from voicebot.cloud.tts import TtsError, build_tts
+    from voicebot.local.cloud import LocalCloud, default_template
+
+    try:
+        template = args.template or default_template()
+        if not template.is_file():
+            raise FileNotFoundError(f"--template {template}: no such file")
+        model, llm_name = build_chat_model(LlmSettings(backend=args.llm))
+        tts = build_tts(args.tts)
+    except (BackendError, TtsError, FileNotFoundError) as exc:
+        print(f"voicebot cloud: {exc}", file=sys.stderr)
+        return 2
+    history = SqliteHistory(args.history)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with LocalCloud(args.broker, model=model, history=history, tts=tts, topic_root=args.topic_root,
+                        template=template) as cloud:
+            rules = ", ".join(rule.name for rule in cloud.engine.rules)
+            print(f"voicebot cloud ready on {args.broker}: rules {rules} from {template}; chat {llm_name}; speech "
+                  f"{tts.name}; history {args.history} (Ctrl-C stops)", flush=True)
+            while not stop.wait(0.5):  # (signals arrive on this thread between the waits)
+                pass
+    finally:
+        history.close()
+    print("voicebot cloud: stopped", file=sys.stderr)
     return 0
 
 
@@ -157,10 +307,15 @@ def cmd_player(args: argparse.Namespace) -> int:
     from voicebot.edge.player import Player, PlayerSettings
     from voicebot.messaging import connect
 
-    transport = connect(connection_settings(args), client_id=f"voicebot-player-{args.thing}", wait_forever=True)
+    connection = connection_settings(args)
+    sink = open_sink(args.sink, realtime=args.realtime)  # first: a wrong --sink is said at once, broker or not
+    try:
+        transport = connect(connection, client_id=f"voicebot-player-{args.thing}", wait_forever=True)
+    except BaseException:
+        sink.close()
+        raise
     topics = Topics(args.topic_root, args.thing)
     try:
-        sink = open_sink(args.sink, realtime=args.realtime)
         player = Player(transport, topics, sink, PlayerSettings(gap_timeout_s=args.gap_timeout, volume=args.volume),
                         reopen=lambda: open_sink(args.sink, realtime=args.realtime), clips=load_clips())
         try:
@@ -174,7 +329,7 @@ def cmd_player(args: argparse.Namespace) -> int:
 def cmd_interpreter(args: argparse.Namespace) -> int:
     from voicebot.edge.audio import open_source
     from voicebot.edge.interpreter import Interpreter, InterpreterSettings
-    from voicebot.edge.stt import open_stt
+    from voicebot.edge.stt import SttError, choose_stt, open_stt
     from voicebot.edge.vad import VadSettings
     from voicebot.messaging import connect
     from voicebot.request_ids import default_state_file, keep_request_ids_in
@@ -187,9 +342,15 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
     )
     connection = connection_settings(args)
-    keep_request_ids_in(default_state_file(args.thing))  # request order survives a restart after a clock jump
-    source = open_source(args.source, frame_ms=settings.vad.frame_ms, realtime=args.realtime)
-    stt = open_stt(args.stt, region=args.region)
+    try:
+        stt_name, why = choose_stt(args.stt, region=args.region)
+        log.info("speech recognition: %s (%s)", stt_name, why)
+        keep_request_ids_in(default_state_file(args.thing))  # request order survives a restart after a clock jump
+        source = open_source(args.source, frame_ms=settings.vad.frame_ms, realtime=args.realtime)
+        stt = open_stt(stt_name, region=args.region)
+    except SttError as exc:
+        print(f"voicebot interpreter: {exc}", file=sys.stderr)
+        return 2
     transport = connect(connection, client_id=f"voicebot-interpreter-{args.thing}", wait_forever=True)
     topics = Topics(args.topic_root, args.thing)
     interpreter = Interpreter(transport, topics, source, stt, settings)
@@ -211,14 +372,19 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
     transport = connect(connection_settings(args), client_id=f"voicebot-monitor-{os.getpid()}")
     formatter = MonitorFormatter()
-    print(f"watching {everything_filter(args.topic_root)} on {getattr(transport, 'description', 'broker')}",
-          file=sys.stderr, flush=True)
+    # One device: its own topics and its device-local ones; otherwise the whole fleet.
+    filters = [f"{args.topic_root}/{args.thing}/#", f"{args.topic_root}/local/{args.thing}/#"] if args.thing \
+        else [everything_filter(args.topic_root)]
+    in_place = sys.stdout.isatty()  # a terminal shows the partial transcript updating in place; a pipe gets lines
+    print(f"watching {' and '.join(filters)} on {getattr(transport, 'description', 'broker')}", file=sys.stderr,
+          flush=True)
 
     async def run(stop: asyncio.Event) -> None:
         inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-        transport.subscribe(everything_filter(args.topic_root), 1, handoff_to_loop(asyncio.get_running_loop(), inbox))
+        for topic_filter in filters:
+            transport.subscribe(topic_filter, 1, handoff_to_loop(asyncio.get_running_loop(), inbox))
         print("ready", file=sys.stderr, flush=True)
-        seen = 0
+        seen, open_partial = 0, False
         stopper = asyncio.ensure_future(stop.wait())
         while not stop.is_set() and (not args.count or seen < args.count):
             getter = asyncio.ensure_future(inbox.get())
@@ -227,8 +393,14 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                 getter.cancel()
                 break
             seen += 1
-            for line in formatter.lines(*getter.result()):
-                print(line, flush=True)
+            lines = formatter.lines(*getter.result())
+            if in_place and formatter.partial and lines:
+                print("\r\033[K" + lines[-1][: os.get_terminal_size().columns - 1], end="", flush=True)
+                open_partial = True
+                continue
+            for line in lines:
+                print(("\r\033[K" if open_partial else "") + line, flush=True)
+                open_partial = False
         stopper.cancel()
 
     try:
@@ -272,8 +444,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args)
 
 
-COMMANDS = {"bench": cmd_bench, "devices": cmd_devices, "device-policy": cmd_device_policy, "monitor": cmd_monitor,
-            "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
+COMMANDS = {"cloud": cmd_cloud, "bench": cmd_bench, "devices": cmd_devices, "device-policy": cmd_device_policy,
+            "monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -281,7 +453,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     signal.signal(signal.SIGTERM, _terminate)  # (asyncio loops install their own handlers while they run)

@@ -7,13 +7,23 @@ request ids, audio summarised as seq/part/size/duration, and the timing of each 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from voicebot.protocol import ProtocolError, parse_json, parse_topic
+from voicebot.protocol import (
+    AudioAssembler,
+    AudioMessage,
+    ProtocolError,
+    SentenceAudio,
+    decode,
+    parse_json,
+    parse_topic,
+)
 
 #: Requests the monitor times at once (a busy fleet has a few; the rest are long over).
 MAX_OPEN_TURNS = 256
@@ -34,18 +44,40 @@ def _audio_seconds(message: dict, size: int) -> str:
 @dataclass
 class _Turn:
     heard_at: float
+    thing: str
     marks: dict[str, float] = field(default_factory=dict)
+
+
+def _speech_seconds(sentence: SentenceAudio) -> float | None:
+    """Seconds of speech in a reassembled sentence (PCM by its size; WAV and OGG by their header)."""
+    if sentence.format == "pcm_s16le":
+        return len(sentence.data) / 2 / sentence.sample_rate
+    try:
+        import soundfile
+
+        return float(soundfile.info(io.BytesIO(sentence.data)).duration)
+    except Exception:  # not decodable here: no duration rather than no line
+        return None
 
 
 @dataclass
 class MonitorFormatter:
-    """Turns (topic, payload) into lines. Pure apart from the clock, so tests feed it recorded messages."""
+    """Turns (topic, payload) into lines. Pure apart from the clock, so tests feed it recorded messages.
+
+    ``partial``: whether the last message was a partial transcript (a terminal shows it in place). The player's
+    "speaking" heartbeat (every 2 s) is shown once per request, not every time.
+    """
 
     clock: Callable[[], float] = time.time
     turns: dict[str, _Turn] = field(default_factory=dict)
+    partial: bool = False
+    _states: dict[str, tuple[object, object]] = field(default_factory=dict)
+    _assembler: AudioAssembler = field(default_factory=AudioAssembler)
+    _assembling: deque[str] = field(default_factory=deque)
 
     def lines(self, topic: str, payload: bytes) -> list[str]:
         now = self.clock()
+        self.partial = False
         stamp = datetime.fromtimestamp(now).strftime("%H:%M:%S.%f")[:-3]
         try:
             where = parse_topic(topic)
@@ -58,8 +90,9 @@ class MonitorFormatter:
         out: list[str] = []
         if kind == "transcript":
             out.append(f"{head} {message.get('state', '?'):<10} \u201c{message.get('text', '')}\u201d")
+            self.partial = message.get("state") == "proceeding"
             if message.get("state") == "completed" and rid:
-                self.turns[rid] = _Turn(now)
+                self.turns[rid] = _Turn(now, thing)
                 while len(self.turns) > MAX_OPEN_TURNS:  # turns that never end (no "played") must not pile up
                     self.turns.pop(next(iter(self.turns)))
         elif kind == "answer":
@@ -71,8 +104,10 @@ class MonitorFormatter:
                 size = len(base64.b64decode(message.get("audio", ""), validate=True))
             except ValueError:
                 size = 0
+            whole = self._whole_sentence(payload) if message.get("parts", 1) > 1 else None
             out.append(f"{head} seq {message.get('seq')} part {message.get('part', 0) + 1}/{message.get('parts', 1)} "
                        f"{message.get('format')} {size / 1024:.1f} KB{_audio_seconds(message, size)}"
+                       + (f" = {whole:.2f} s of speech" if whole is not None else "")
                        + (" (last)" if message.get("last") else ""))
             self._mark(rid, "audio", now)
         elif kind == "event":
@@ -84,11 +119,31 @@ class MonitorFormatter:
             if message.get("type") in ("played", "interrupted", "cancelled") and message.get("seq") is None:
                 out += self._finish(rid, now)
         elif kind in ("player", "control", "command"):
+            if kind == "player":  # the heartbeat repeats the state every 2 s: once per change is enough
+                state = (message.get("state"), rid)
+                if self._states.get(thing) == state:
+                    return []
+                self._states[thing] = state
+                while len(self._states) > MAX_OPEN_TURNS:
+                    self._states.pop(next(iter(self._states)))
             fields = {k: v for k, v in message.items() if k not in ("v", "ts", "requestId")}
             out.append(f"{head} {json.dumps(fields, ensure_ascii=False)}")
         else:
             out.append(f"{head} {json.dumps(message, ensure_ascii=False)[:200]}")
         return out
+
+    def _whole_sentence(self, payload: bytes) -> float | None:
+        """When the last part of a multi-part sentence arrives: its seconds of speech."""
+        try:
+            message = decode(AudioMessage, payload)
+            sentence = self._assembler.add(message)
+        except ProtocolError:
+            return None
+        if message.request_id not in self._assembling:  # bounded: a monitor runs for as long as anyone watches
+            self._assembling.append(message.request_id)
+            if len(self._assembling) > MAX_OPEN_TURNS:
+                self._assembler.forget([self._assembling.popleft()])
+        return _speech_seconds(sentence) if sentence is not None else None
 
     def _mark(self, rid: str | None, name: str, now: float) -> None:
         if rid in self.turns:
@@ -102,5 +157,5 @@ class MonitorFormatter:
         def ms(name: str) -> str:
             return f"+{(turn.marks[name] - turn.heard_at) * 1000:.0f} ms" if name in turn.marks else "-"
 
-        return [f"{'':>12} latency {short(rid)}: first answer {ms('answer')}, first audio {ms('audio')}, "
+        return [f"{'':>12} {turn.thing:<14} latency {short(rid)}: first answer {ms('answer')}, first audio {ms('audio')}, "
                 f"playing {ms('playing')}, done +{(now - turn.heard_at) * 1000:.0f} ms"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -63,6 +64,18 @@ Kind = Literal["transcript", "answer", "audio", "event", "command"]
 LocalKind = Literal["player", "control"]
 CLOUD_KINDS: tuple[Kind, ...] = ("transcript", "answer", "audio", "event", "command")
 LOCAL_KINDS: tuple[LocalKind, ...] = ("player", "control")
+
+
+#: AWS IoT thing names: 1-128 letters, digits, ':', '_' and '-' (no "/" topic levels, no "*" or "?" policy
+#: wildcards, no spaces). Every command's --thing and the device policy check it here.
+THING_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
+THING_NAME_RULE = "1 to 128 letters, digits, ':', '_' or '-' (an AWS IoT thing name)"
+
+
+def check_thing_name(value: str) -> str:
+    if not THING_NAME.match(value):
+        raise ProtocolError("thing", f"{value!r} is not allowed: {THING_NAME_RULE}")
+    return value
 
 
 def _check_segment(name: str, value: str) -> str:

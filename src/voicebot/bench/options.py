@@ -19,10 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fleet-turns", type=int, default=0, help="turns per device in the fleet phase (1 quick, 3 full)")
     p.add_argument("--fleet-spread-s", type=float, default=1.0,
                    help="devices start within this many seconds (0: all at the same instant)")
-    p.add_argument("--ttft-ms", type=float, default=600)
-    p.add_argument("--tokens-per-s", type=float, default=80)
-    p.add_argument("--tts-base-ms", type=float, default=120)
-    p.add_argument("--tts-per-char-ms", type=float, default=2)
+    p.add_argument("--ttft-ms", type=float, default=600,
+                   help="synthetic model: time to the first token in ms (Bedrock Haiku from Seoul is about this)")
+    p.add_argument("--tokens-per-s", type=float, default=80, help="synthetic model: tokens per second after the first")
+    p.add_argument("--tts-base-ms", type=float, default=120,
+                   help="synthetic speech service: time to synthesize a sentence, fixed part in ms")
+    p.add_argument("--tts-per-char-ms", type=float, default=2,
+                   help="synthetic speech service: time to synthesize a sentence, per character in ms")
     p.add_argument("--answer", default=None, help="what the synthetic model answers (default: four sentences about "
                                                   "the weather)")
     p.add_argument("--first-clause-chars", type=int, default=None,
@@ -45,9 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stt-slow-lag-ms", type=float, default=150,
                    help="run the early end once more with partials this much later (0: skip that run)")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
-    p.add_argument("--skip-footprint", action="store_true")
-    p.add_argument("--price-transcribe-per-min", type=float, default=UnitPrices.transcribe_per_min)
-    p.add_argument("--price-haiku-input", type=float, default=UnitPrices.haiku_input_per_mtok)
-    p.add_argument("--price-haiku-output", type=float, default=UnitPrices.haiku_output_per_mtok)
-    p.add_argument("--price-polly-per-mchar", type=float, default=UnitPrices.polly_neural_per_mchar)
-    p.add_argument("--price-iot-per-m", type=float, default=UnitPrices.iot_per_m_messages)
+    p.add_argument("--skip-footprint", action="store_true", help="skip the memory and CPU phase")
+    p.add_argument("--price-transcribe-per-min", type=float, default=UnitPrices.transcribe_per_min,
+                   help="cost model: Amazon Transcribe streaming, USD per minute")
+    p.add_argument("--price-haiku-input", type=float, default=UnitPrices.haiku_input_per_mtok,
+                   help="cost model: Claude Haiku input, USD per million tokens")
+    p.add_argument("--price-haiku-output", type=float, default=UnitPrices.haiku_output_per_mtok,
+                   help="cost model: Claude Haiku output, USD per million tokens")
+    p.add_argument("--price-polly-per-mchar", type=float, default=UnitPrices.polly_neural_per_mchar,
+                   help="cost model: Amazon Polly neural voices, USD per million characters")
+    p.add_argument("--price-iot-per-m", type=float, default=UnitPrices.iot_per_m_messages,
+                   help="cost model: AWS IoT Core messaging, USD per million messages (5 KB steps)")

@@ -22,8 +22,8 @@ from typing import Any
 
 RECIPES = Path(__file__).resolve().parents[3] / "recipes"
 RECIPE_NAMES = ("com.voicebot.VoiceInterpreter.yaml", "com.voicebot.VoicePlayer.yaml")
-# AWS IoT thing names: no "*" or "?" (policy wildcards) and no "/" (topic levels) can appear in them.
-THING_NAME = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
+from voicebot.protocol import THING_NAME, THING_NAME_RULE  # noqa: E402 - one validator for every --thing
+
 # Greengrass data-plane actions a core device calls over HTTPS (deployments, component artifacts).
 GREENGRASS_ACTIONS = [
     "greengrass:GetComponentVersionArtifact",
@@ -61,7 +61,7 @@ def device_policy(thing: str, *, region: str, account: str, role_alias: str, par
                   topic_root: str = "voicebot", recipes: list[Path] | None = None) -> dict[str, Any]:
     """The policy document for core device ``thing``."""
     if not THING_NAME.match(thing):
-        raise PolicyError(f"{thing!r} is not an AWS IoT thing name (letters, digits, ':', '_', '-')")
+        raise PolicyError(f"{thing!r} is not allowed: {THING_NAME_RULE}")
     if not re.fullmatch(r"\d{12}", account):
         raise PolicyError(f"{account!r} is not a 12-digit AWS account id")
     arn = f"arn:{partition}:iot:{region}:{account}"

@@ -205,13 +205,19 @@ class BedrockModels:
         return model
 
 
+class BackendError(RuntimeError):
+    """A chosen backend cannot be used here (a missing extra, model file or credentials): one line says how."""
+
+
 def llamacpp_model(settings: LlmSettings) -> BaseChatModel:
     try:
         from langchain_community.chat_models import ChatLlamaCpp
     except ImportError as exc:
-        raise RuntimeError("the llama.cpp backend needs `pip install 'voicebot[llamacpp]'`") from exc
+        raise BackendError("--llm llamacpp needs the llamacpp extra: .venv/bin/pip install 'voicebot[llamacpp]', and "
+                           "VOICEBOT_GGUF=/path/model.gguf") from exc
     if not settings.gguf_path or not os.path.exists(settings.gguf_path):
-        raise RuntimeError(f"GGUF model file not found: {settings.gguf_path!r} (set VOICEBOT_GGUF)")
+        raise BackendError(f"--llm llamacpp: GGUF model file not found: {settings.gguf_path!r} (set "
+                           "VOICEBOT_GGUF=/path/model.gguf)")
     return ChatLlamaCpp(model_path=settings.gguf_path, temperature=settings.temperature,
                         max_tokens=settings.max_tokens, streaming=True, verbose=False)
 
@@ -236,6 +242,9 @@ def build_chat_model(settings: LlmSettings) -> tuple[BaseChatModel, str]:
         else:
             backend = "loopback"
     if backend == "bedrock":
+        if not aws_credentials_available():
+            raise BackendError("--llm bedrock needs AWS credentials (aws configure, or AWS_PROFILE / "
+                               "AWS_ACCESS_KEY_ID) and a region where the model is enabled (AWS_REGION)")
         return bedrock_model(settings), f"bedrock:{settings.model_id}"
     if backend == "llamacpp":
         return llamacpp_model(settings), f"llamacpp:{os.path.basename(settings.gguf_path or '')}"

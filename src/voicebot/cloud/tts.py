@@ -134,3 +134,17 @@ def polly_client(region: str | None = None) -> Any:
     # first try; the timeouts keep 4 attempts inside the speech function's 30 s.
     config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "adaptive", "total_max_attempts": 4})
     return boto3.client("polly", region_name=region, config=config)
+
+
+def build_tts(name: str) -> Tts:
+    """``espeak`` (offline) or ``polly`` (Amazon Polly; needs AWS credentials), as on the command line."""
+    if name == "espeak":
+        return EspeakTts()
+    if name == "polly":
+        from voicebot.cloud.llm import aws_credentials_available
+
+        if not aws_credentials_available():
+            raise TtsError("--tts polly needs AWS credentials (aws configure, or AWS_PROFILE / AWS_ACCESS_KEY_ID) and "
+                           "AWS_REGION")
+        return PollyTts(polly_client())
+    raise TtsError(f"unknown speech synthesis {name!r} (espeak or polly)")

@@ -217,6 +217,23 @@ class NullSttBackend:
         return VoskSession(Nothing())
 
 
+def choose_stt(name: str, *, region: str) -> tuple[str, str]:
+    """Resolve ``auto`` (the command line's default) and say why: Amazon Transcribe when AWS credentials are found,
+    else Vosk. An explicit ``transcribe`` without credentials is an ``SttError`` naming credentials and region."""
+    if name not in ("auto", "transcribe"):
+        return name, f"--stt {name}"
+    from voicebot.cloud.llm import aws_credentials_available
+
+    found = aws_credentials_available()
+    if name == "auto":
+        return ("transcribe", f"AWS credentials found: Amazon Transcribe in {region}") if found else \
+            ("vosk", "no AWS credentials found: offline Vosk (--stt transcribe needs them)")
+    if not found:
+        raise SttError(f"--stt transcribe needs AWS credentials (aws configure, or AWS_PROFILE / AWS_ACCESS_KEY_ID) "
+                       f"and a region where Amazon Transcribe streams Korean (--region, now {region})")
+    return "transcribe", f"Amazon Transcribe in {region}"
+
+
 def open_stt(name: str, *, region: str = "ap-northeast-2") -> SttBackend:
     """``vosk``, ``transcribe`` or ``none`` (as on the command line and in the recipe's SttBackend)."""
     if name == "vosk":

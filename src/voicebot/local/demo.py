@@ -17,7 +17,7 @@ from typing import Any
 
 from voicebot.cloud.history import SqliteHistory
 from voicebot.cloud.llm import LlmSettings, build_chat_model
-from voicebot.cloud.tts import EspeakTts
+from voicebot.cloud.tts import build_tts
 from voicebot.edge.audio import AudioSink, WavSink, WavSource
 from voicebot.edge.interpreter import Interpreter
 from voicebot.edge.player import Player
@@ -103,6 +103,7 @@ class DemoSettings:
     thing: str = "demo-device"
     topic_root: str = "voicebot"
     llm: LlmSettings = field(default_factory=LlmSettings)
+    tts: str = "espeak"
     timeout_s: float = 120.0
 
 
@@ -179,7 +180,7 @@ def run_demo(*, text: str | None = None, audio: Path | None = None, settings: De
     if audio is None and not question:
         raise DemoError("nothing to ask: give --text or --audio")
     model, llm_name = build_chat_model(settings.llm)
-    tts = EspeakTts()
+    tts = build_tts(settings.tts)
     stt = VoskBackend() if audio is not None else None
     history = SqliteHistory(settings.out_dir / "history.sqlite")
     reply_path = settings.out_dir / "reply.wav"
