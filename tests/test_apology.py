@@ -86,14 +86,14 @@ def test_the_recognizer_failing_or_the_device_offline_is_said_at_once():
 def test_a_player_that_joins_mid_answer_starts_with_the_first_sentence_it_gets():
     """A restarted player never receives the sentences sent before it subscribed: waiting the gap timeout for them
     only delays the rest. An answer that begins after the player started still waits for a late seq 0."""
-    before = new_request_id()
-    queue = PlaybackQueue(gap_timeout_s=3.0, joined_at=now_ms() + 1)
+    before = new_request_id()  # made 5 s before a restarted player subscribed
+    queue = PlaybackQueue(gap_timeout_s=3.0, joined_at=now_ms() + 5_000)
     for message in audio(before, 2):
         queue.add(message, 0.0)
     actions = queue.next(0.0)
     assert [type(a) for a in actions] == [Play] and actions[0].sentence.seq == 2
-    after = new_request_id()
-    fresh = PlaybackQueue(gap_timeout_s=3.0, joined_at=now_ms() - 60_000)
+    after = new_request_id()  # made just before the player started (the demo asks, then starts its player)
+    fresh = PlaybackQueue(gap_timeout_s=3.0, joined_at=now_ms() + 500)
     for message in audio(after, 1):
         fresh.add(message, 0.0)
     assert fresh.next(0.0) == [] and fresh.wake_at() == 3.0  # seq 0 may still come (out of order)

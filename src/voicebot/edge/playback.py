@@ -74,8 +74,9 @@ class PlaybackQueue:
 
     def __init__(self, *, gap_timeout_s: float = 3.0, stall_limit_s: float = 30.0, remember: int = 256,
                  joined_at: int | None = None) -> None:
-        """``joined_at``: when the player started (epoch ms, the device's clock, the one its request ids are made
-        with): the first request it sees, if made before then, is an answer it joined in the middle of."""
+        """``joined_at``: when the player started listening (epoch ms, the device's clock, the one its request ids
+        are made with): the first request it sees, if made more than a gap timeout before then, is an answer it
+        joined in the middle of."""
         self.gap_timeout_s = gap_timeout_s
         self.joined_at = joined_at
         self.stall_limit_s = stall_limit_s
@@ -115,8 +116,11 @@ class PlaybackQueue:
             actions.append(Interrupted(self._current.request_id, "superseded"))
             self._retire(self._current)
         made = request_id_time(request_id)
+        # Made longer ago than a gap timeout before the player started: its first sentences went out (an answer's
+        # first audio follows its question within a second or two) while nobody listened. A request made just
+        # before the start (the demo starts its player after asking) is not: its seq 0 may still be on its way.
         joined_late = (self._newest is None and self.joined_at is not None and made is not None
-                       and made < self.joined_at)
+                       and made < self.joined_at - self.gap_timeout_s * 1000)
         self._newest = request_id
         self._current = _Request(request_id, waiting_since=now, joined_late=joined_late)
         return actions

@@ -135,6 +135,7 @@ class Player:
         for topic in (self.topics.audio, self.topics.event, self.topics.command):
             await subscribe(self.transport, topic, QOS_AT_LEAST_ONCE, handler)
         await subscribe(self.transport, self.topics.control, QOS_AT_MOST_ONCE, handler)
+        self.queue.joined_at = self._wall_ms()  # from now on nothing sent to this device passes it by
         self._set_state("idle", None)
         self.ready.set()
         log.info("player ready on %s", self.topics.audio)
