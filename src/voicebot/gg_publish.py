@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -62,6 +63,21 @@ def check_unpublished(dirs: Sequence[Path], *, region: str | None = None, sessio
                                "`make version V=X.Y.Z` and publish again")
 
 
+def find_gdk(given: str | None) -> str:
+    """``--gdk``/``GDK=``, else ``gdk`` on PATH, else the venv the README installs it into (``.venv-gdk``)."""
+    if given:
+        found = shutil.which(given)
+        if not found:
+            raise BuildError(f"GDK not found at {given!r} (GDK= or --gdk): give the path to the gdk command")
+        return found
+    for candidate in (shutil.which("gdk"), str(REPO / ".venv-gdk" / "bin" / "gdk")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise BuildError("the Greengrass Development Kit (gdk) is not installed: python3 -m venv .venv-gdk && "
+                     ".venv-gdk/bin/pip install git+https://github.com/aws-greengrass/aws-greengrass-gdk-cli.git@v1.6.2 "
+                     "(then `make gg-publish` finds it), or GDK=/path/to/gdk")
+
+
 def publish(dirs: Sequence[Path], *, gdk: str = "gdk", region: str | None = None) -> None:
     check_unpublished(dirs, region=region)
     extra = ["--region", region] if region else []
@@ -74,18 +90,27 @@ def publish(dirs: Sequence[Path], *, gdk: str = "gdk", region: str | None = None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m voicebot.gg_publish")
-    parser.add_argument("--gdk", default=os.environ.get("GDK", "gdk"), help="the gdk command (default: gdk on PATH)")
+    parser.add_argument("--gdk", default=os.environ.get("GDK") or None,
+                        help="the gdk command (default: GDK=, else gdk on PATH, else .venv-gdk/bin/gdk)")
     parser.add_argument("--region", help="override publish.region of gdk-config.json")
     parser.add_argument("dirs", nargs="*", type=Path, help="component folders (default: all three)")
     args = parser.parse_args(argv)
     dirs = args.dirs or [REPO / d for d in DEFAULT_DIRS]
     try:
-        publish(dirs, gdk=args.gdk, region=args.region)
+        gdk = find_gdk(args.gdk)
+        print(f"gg-publish: using {gdk}", flush=True)
+        publish(dirs, gdk=gdk, region=args.region)
     except BuildError as exc:
         print(f"gg-publish: {exc}", file=sys.stderr)
         return 1
     except subprocess.CalledProcessError as exc:
         print(f"gg-publish: {' '.join(exc.cmd)} failed with exit code {exc.returncode}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # botocore: no credentials, no region, no network, no permission
+        if type(exc).__module__.split(".")[0] not in ("botocore", "boto3"):
+            raise
+        print(f"gg-publish: AWS could not be asked which versions are registered ({exc}); publishing needs AWS "
+              "credentials for the account and region in gdk-config.json", file=sys.stderr)
         return 1
     return 0
 
