@@ -7,11 +7,15 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from voicebot.bench import cost, endofspeech, footprint
 from voicebot.bench.synthetic import ANSWER
 from voicebot.cloud.chat import ChatSettings
 from voicebot.edge.stt import SttResult
 from voicebot.sentences import SentenceSplitter
+
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
 
 
 def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):

@@ -21,6 +21,8 @@ from voicebot.local.broker import MosquittoBroker, free_port
 from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import QOS_AT_LEAST_ONCE, Topics, encode, new_request_id
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 TOPICS = Topics("voicebot", "outage-pi")
 
 

@@ -85,6 +85,7 @@ def silent_bedrock(monkeypatch) -> Iterator[SilentEndpoint]:
     endpoint.close()
 
 
+@pytest.mark.slow  # a real process or real timeouts
 def test_a_model_that_never_answers_gets_the_apology_out_before_the_lambda_ends(silent_bedrock):
     app = load_lambda("chat")
     context = CountdownContext(seconds=9.0)  # what the runtime reports at the start of this invocation

@@ -22,6 +22,8 @@ from voicebot.local.broker import free_port
 from voicebot.local.cloud import default_template
 from voicebot.local.rules import load_template
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 LAMBDA_TIMEOUT_S = 35.0  # the template's ChatFunction Timeout
 
 

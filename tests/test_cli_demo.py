@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 import soundfile as sf
+
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

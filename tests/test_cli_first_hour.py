@@ -15,6 +15,8 @@ from tests.conftest import Recorder
 from tests.speech_fixtures import silence, spoken, write_wav
 from voicebot.local.broker import free_port
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 NO_BROKER = f"mqtt://127.0.0.1:{free_port()}"
 NO_AWS = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SESSION_TOKEN": "", "AWS_PROFILE": "",
           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",

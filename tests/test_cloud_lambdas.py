@@ -365,6 +365,7 @@ sys.meta_path.insert(0, Block())
     ("speech", {"langchain_core", "langchain_aws", "numpy", "soundfile", "awscrt", "awsiot", "yaml"}),
     ("chat", {"numpy", "soundfile", "awscrt", "awsiot"}),
 ])
+@pytest.mark.slow  # a real process or real timeouts
 def test_each_lambda_imports_with_only_its_own_requirements(name, blocked, tmp_path):
     """What `make build-<Name>Function` packs (requirements.txt + voicebot) is enough to import the handler."""
     requirements = (ROOT / "cloud" / "lambdas" / name / "requirements.txt").read_text()

@@ -8,6 +8,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 import soundfile as sf
 from langchain_core.messages import AIMessage, HumanMessage
 
@@ -25,6 +26,8 @@ from voicebot.protocol import (
     decode,
     new_request_id,
 )
+
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
 
 
 def ask(broker, topics, text, sink):

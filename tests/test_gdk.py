@@ -21,6 +21,8 @@ from moto.server import ThreadedMotoServer
 from tests.greengrass_standin import GreengrassV2StandIn
 from voicebot import gg_build, gg_publish
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 GDK_SOURCE = os.environ.get("GDK_SOURCE", "git+https://github.com/aws-greengrass/aws-greengrass-gdk-cli.git@v1.6.2")
 DIRS = [ROOT / "components" / "voice-interpreter", ROOT / "components" / "voice-player", ROOT]

@@ -27,6 +27,8 @@ from voicebot import gg_build
 from voicebot.cloud.tts import pcm_to_wav
 from voicebot.protocol import QOS_AT_LEAST_ONCE, Topics, encode, new_request_id, split_audio
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 PLAYER = "com.voicebot.VoicePlayer"
 PLAYER_DIR = Path("components") / "voice-player"

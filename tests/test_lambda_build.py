@@ -7,6 +7,8 @@ import pytest
 
 from voicebot.cloud.lambda_check import Artifact, build
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 
 @pytest.mark.parametrize("function", ["ChatFunction", "SpeechFunction"])
 def test_the_lambda_artifact_holds_nothing_the_runtime_would_ignore(function, tmp_path):

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import numpy as np
+import pytest
 
 from tests.conftest import Recorder
 from voicebot.edge.audio import WavSink
@@ -132,6 +133,7 @@ def test_stop_word_control_cancels_the_named_request(connect, topics, tmp_path):
     assert len(played) < 16_000 * 30
 
 
+@pytest.mark.slow  # a real process or real timeouts
 def test_player_command_waits_for_a_broker_that_is_not_up_yet(tmp_path):
     import queue
     import signal

@@ -23,6 +23,8 @@ from tests.speech_fixtures import silence, spoken, write_wav
 from voicebot.local.broker import free_port
 from voicebot.protocol import QOS_AT_LEAST_ONCE, Topics, encode, new_request_id, split_audio
 
+pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
+
 STOP_WITHIN_S = 2.0
 SIGNALS = pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 

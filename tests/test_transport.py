@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.conftest import Recorder
 from voicebot.local.broker import MosquittoBroker, free_port
 from voicebot.messaging import ConnectionSettings, Mqtt5Transport, Outbox
@@ -65,6 +67,7 @@ def test_outbox_bounds_what_waits_for_the_connection(caplog):
     asyncio.run(drain())
 
 
+@pytest.mark.slow  # a real process or real timeouts
 def test_the_same_client_id_twice_stops_the_older_client_instead_of_a_reconnect_fight(broker, caplog):
     """Two processes with one thing name: MQTT5 tells the first that its session was taken over. It says so in one
     line and stops, instead of reconnecting and throwing the other one out in turn, for ever."""
