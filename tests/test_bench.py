@@ -27,7 +27,9 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
          "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bench:" in proc.stderr and "left" in proc.stderr  # the progress bar, on stderr
     r = json.loads(out.read_text())
+    assert set(r["phase_seconds"]) == {"start", "streaming turns", "whole-answer turns", "fleet", "end of speech"}
     assert set(r["overhead_ms"]) == {"p50", "p95"} and r["overhead_ms"]["p50"] is not None
     assert r["ttfa_ms"]["streaming"] < r["ttfa_ms"]["baseline"] and 0 < r["ttfa_ratio"] < 1
     assert r["load"]["devices"] == 5 and r["load"]["turns"] == 5 and r["load"]["lost"] == 0

@@ -10,6 +10,7 @@ import asyncio
 import json
 import platform
 import statistics
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import psutil
 
 from voicebot.bench import cost, endofspeech, footprint
+from voicebot.bench.progress import BenchProgress
 from voicebot.bench.stats import pct
 from voicebot.bench.synthetic import ANSWER, SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
@@ -63,6 +65,23 @@ def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int, firs
     return out
 
 
+#: Seconds each phase takes on 2 cores (measured: the JSON's phase_seconds), per unit of what it depends on.
+PHASE_SECONDS = {"start": 1.0, "turn": 8.0, "fleet_round": 10.0, "eos_turn": 4.3, "footprint": 19.0}
+
+
+def estimate_phases(args: argparse.Namespace, turns: int, fleet_rounds: int, eos_turns: int) -> dict[str, float]:
+    """Estimated seconds per phase, for the progress bar's time left (see PHASE_SECONDS)."""
+    eos_modes = 2 + (args.stt_slow_lag_ms > 0) + (not args.skip_eos_vosk)
+    return {
+        "start": PHASE_SECONDS["start"],
+        "streaming turns": turns * PHASE_SECONDS["turn"],
+        "whole-answer turns": turns * PHASE_SECONDS["turn"],
+        "fleet": fleet_rounds * PHASE_SECONDS["fleet_round"],
+        "end of speech": eos_turns * eos_modes * PHASE_SECONDS["eos_turn"],
+        "footprint": 0.0 if args.skip_footprint else PHASE_SECONDS["footprint"] * args.input_minutes / 10,
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     backends = BackendSettings(ttft_s=args.ttft_ms / 1000, tokens_per_s=args.tokens_per_s,
                                tts_base_s=args.tts_base_ms / 1000, tts_per_char_s=args.tts_per_char_ms / 1000,
@@ -70,26 +89,40 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     turns = args.turns or (3 if args.quick else 10)
     fleet_rounds = args.fleet_turns or (1 if args.quick else 3)
     started = time.monotonic()
-    stack = start_stack(backends, workers=max(32, args.devices * 6))
+    eos_turns = 0 if args.skip_eos else args.eos_turns or (6 if args.quick else 20)
+    progress = BenchProgress(estimate_phases(args, turns, fleet_rounds, eos_turns), enabled=not args.no_progress)
+    with progress.phase("start"):
+        stack = start_stack(backends, workers=max(32, args.devices * 6))
     if args.first_clause_chars is not None:
         stack.cloud.chat.settings = replace(stack.cloud.chat.settings, first_clause_chars=args.first_clause_chars)
     pieces = SentenceSplitter(first_clause_chars=stack.cloud.chat.settings.first_clause_chars)
     expected = len(pieces.feed(backends.answer) + pieces.flush())  # what the chat sends, one audio each
     try:
         stack.set_streaming(True)
-        streaming = asyncio.run(sequential_turns(stack, "streaming", turns))
+        with progress.phase("streaming turns"):
+            streaming = asyncio.run(sequential_turns(stack, "streaming", turns))
         stack.set_streaming(False)
-        baseline = asyncio.run(sequential_turns(stack, "baseline", turns))
+        with progress.phase("whole-answer turns"):
+            baseline = asyncio.run(sequential_turns(stack, "baseline", turns))
         stack.set_streaming(True)
-        fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds, spread_s=args.fleet_spread_s))
-        eos = None if args.skip_eos else endofspeech.measure(
-            stack, turns=args.eos_turns or (6 if args.quick else 20), early_end_ms=args.early_end_ms,
-            preempt_ms=args.preempt_ms, partial_every_s=args.stt_partial_every_ms / 1000,
-            partial_lag_s=args.stt_partial_lag_ms / 1000, final_delay_s=args.stt_final_ms / 1000,
-            slow_lag_s=args.stt_slow_lag_ms / 1000, vosk=not args.skip_eos_vosk)
-        foot = footprint.measure(stack.broker.url, minutes=args.input_minutes) if not args.skip_footprint else None
+        with progress.phase("fleet"):
+            fleet, fleet_cpu = asyncio.run(fleet_turns(stack, args.devices, fleet_rounds,
+                                                       spread_s=args.fleet_spread_s))
+        eos = None
+        if eos_turns:
+            with progress.phase("end of speech"):
+                eos = endofspeech.measure(
+                    stack, turns=eos_turns, early_end_ms=args.early_end_ms, preempt_ms=args.preempt_ms,
+                    partial_every_s=args.stt_partial_every_ms / 1000, partial_lag_s=args.stt_partial_lag_ms / 1000,
+                    final_delay_s=args.stt_final_ms / 1000, slow_lag_s=args.stt_slow_lag_ms / 1000,
+                    vosk=not args.skip_eos_vosk)
+        foot = None
+        if not args.skip_footprint:
+            with progress.phase("footprint"):
+                foot = footprint.measure(stack.broker.url, minutes=args.input_minutes)
     finally:
         stack.close()
+        progress.close()
 
     clause = stack.cloud.chat.settings.first_clause_chars
     s_rows = [analyse(t, stack.model, expected, clause) for t in streaming]
@@ -149,6 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "turns": {"streaming": s_rows, "baseline": b_rows, "fleet": f_rows, "representative": representative,
                   "baseline_representative": baseline_rep},
         "seconds": round(time.monotonic() - started, 1),
+        "phase_seconds": progress.seconds,
     }
     return result
 
@@ -275,6 +309,8 @@ def plot(r: dict[str, Any], path: Path) -> None:
 def main(args: argparse.Namespace) -> int:
     result = run(args)
     print(table(result))
+    print("phases (s): " + ", ".join(f"{name} {sec}" for name, sec in result["phase_seconds"].items()),
+          file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=1))
     if args.plot:
