@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(command("device-policy", "print the AWS IoT policy of one core device (its own topics and client "
                                            "ids only)"))
 
+    from voicebot.deployment import add_arguments as deployment_arguments
+
+    deploy = command("deployment", "print deploy/deployment.json for another topic root (TopicRoot and a matching "
+                                   "accessControl for both components)")
+    deployment_arguments(deploy)
+    deploy._option_string_actions["--topic-root"].type = setting(PlayerConfig, "topic_root")  # the recipes' rule
+
     monitor = command("monitor", "print every voicebot message as a legible line")
     _connection_flags(monitor, thing_default=None)  # (None: every device)
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
@@ -437,6 +444,18 @@ def cmd_device_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deployment(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from voicebot.deployment import DeploymentError, main
+
+    try:
+        return main(args)
+    except (DeploymentError, ValidationError, OSError) as exc:
+        print(f"voicebot deployment: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from voicebot.bench.main import main as bench_main
 
@@ -445,7 +464,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"cloud": cmd_cloud, "bench": cmd_bench, "devices": cmd_devices, "device-policy": cmd_device_policy,
-            "monitor": cmd_monitor, "demo": cmd_demo, "player": cmd_player, "interpreter": cmd_interpreter}
+            "monitor": cmd_monitor, "deployment": cmd_deployment, "demo": cmd_demo, "player": cmd_player,
+            "interpreter": cmd_interpreter}
 
 
 def _terminate(signum: int, frame: object) -> None:
