@@ -101,3 +101,11 @@ def waiter() -> Callable[[queue.Queue, float], Any]:
         return q.get(timeout=timeout)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def vosk():
+    """The Korean Vosk model, loaded once and reused by every test (as on the device)."""
+    from voicebot.edge.stt import VoskBackend
+
+    return VoskBackend()

@@ -15,16 +15,11 @@ from tests.conftest import Recorder
 from tests.speech_fixtures import frames_of, silence, spoken, write_wav
 from voicebot.edge.audio import WavSource
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
-from voicebot.edge.stt import RetryPolicy, SttResult, TranscribeBackend, VoskBackend
+from voicebot.edge.stt import RetryPolicy, SttResult, TranscribeBackend
 from voicebot.protocol import QOS_AT_MOST_ONCE, PlayerStateMessage, TranscriptMessage, decode, encode
 
 UTTERANCES = ["오늘 날씨 어때요", "음악 좀 틀어 줘", "고마워요"]
 FAST_RETRY = RetryPolicy(first_delay_s=0.0, attempts=3)
-
-
-@pytest.fixture(scope="session")
-def vosk() -> VoskBackend:
-    return VoskBackend()  # loaded once, reused by every test (as on the device)
 
 
 class RecordingBackend:

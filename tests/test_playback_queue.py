@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voicebot.edge.playback import Finished, Interrupted, Play, PlaybackQueue, Skip
-from voicebot.protocol import AudioMessage, split_audio
+from voicebot.protocol import AudioMessage, new_request_id, split_audio
 
 
 def sentence_messages(rid: str, seq: int, *, last: bool, size: int = 10, parts_limit: int = 100_000):
@@ -163,3 +163,35 @@ def test_any_shuffle_plays_the_newest_request_once_in_order(scenario):
     skipped = {a.seq for a in log if isinstance(a, Skip) and a.request_id == newest}
     assert {s for s in drops if s < max(delivered)} <= skipped
     assert q.wake_at() is None
+
+
+def test_a_held_request_plays_nothing_until_released_and_keeps_the_microphone_open():
+    rid = new_request_id()
+    queue = PlaybackQueue(gap_timeout_s=3.0, hold_limit_s=5.0)
+    queue.hold(rid, 0.0)  # the transcript went out before the end of the turn was confirmed
+    for m in split_audio(request_id=rid, seq=0, last=True, text="네", audio=b"\0\0" * 160, format="pcm_s16le",
+                         sample_rate=16_000):
+        queue.add(m, 0.1)
+    assert queue.next(1.0) == [] and not queue.speaking  # written, not heard; the person may still go on
+    assert queue.wake_at() == 5.0
+    queue.release(rid, 1.2)
+    assert [type(a) for a in queue.next(1.2)] == [Play] and queue.speaking
+
+
+def test_a_hold_nobody_settles_lapses_and_a_cancelled_one_is_never_heard():
+    def parts(rid: str):
+        return split_audio(request_id=rid, seq=0, last=True, text="네", audio=b"\0\0" * 160, format="pcm_s16le",
+                           sample_rate=16_000)
+
+    lapsed, withdrawn = new_request_id(), new_request_id()
+    queue = PlaybackQueue(hold_limit_s=5.0)
+    queue.hold(lapsed, 0.0)
+    for m in parts(lapsed):
+        queue.add(m, 0.0)
+    assert queue.next(4.9) == [] and [type(a) for a in queue.next(5.0)] == [Play]  # the interpreter went away
+    other = PlaybackQueue()
+    other.hold(withdrawn, 0.0)
+    for m in parts(withdrawn):
+        other.add(m, 0.0)
+    assert other.cancel(withdrawn, 0.5) == [Interrupted(withdrawn, "cancelled")]
+    assert other.next(10.0) == [] and not other.held(withdrawn)

@@ -286,9 +286,11 @@ class PlayerStateMessage(Message):
 class ControlMessage(Message):
     """``R/local/T/control``, interpreter -> player on the device: ``cancel`` (the stop word, or an early answer the
     person went on from); ``expect`` (a completed transcript went out: an answer should follow, ``offline`` when the
-    interpreter knows the device is not connected); ``apologise`` (the question could not be taken: say so)."""
+    interpreter knows the device is not connected); ``apologise`` (the question could not be taken: say so); ``hold``
+    (its transcript went out before the end of the turn was confirmed: play nothing of the answer yet) and
+    ``release`` (the turn is over: play it)."""
 
-    action: Literal["cancel", "expect", "apologise"]
+    action: Literal["cancel", "expect", "apologise", "hold", "release"]
     request_id: str | None = None
     offline: bool | None = None
 

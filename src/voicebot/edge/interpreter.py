@@ -85,7 +85,19 @@ class _Utterance:
     prefix: str = ""  # the words of a preemptive transcript this utterance goes on from
     preempted: str | None = None  # the words its completed transcript already went out with (before the final)
     voiced_since: int = 0  # voiced frames heard since then: enough of them and the person is going on
+    heard_frame: int = 0  # ``frames_seen`` when the latest partial arrived
     replaces: str | None = None  # the early request whose question this utterance finishes
+
+
+@dataclass
+class _Unconfirmed:
+    """A completed transcript that went out before the end of the turn was confirmed: its answer is held on the
+    device (control ``hold``) until ``hangover_ms`` of silence followed the voice and the recognizer's final result
+    agreed with it (``release``), or cancelled when the person went on."""
+
+    voice_end_frame: int  # ``frames_seen`` when the voice stopped
+    ended: bool = False  # the VAD ended its utterance (early): no more words of it can come
+    final_settled: bool = False  # the final result agreed, or replaced it
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,9 @@ class Interpreter:
         self._finishing: set[asyncio.Task[None]] = set()  # utterances waiting for their final result
         self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
         self._preempted: _Preempted | None = None  # the last turn that ended early, while it may still go on
+        self._unconfirmed: dict[str, _Unconfirmed] = {}  # answers held on the device until the turn is over
+        self._withdrawn: deque[str] = deque(maxlen=16)  # early requests the person went on from
+        self._continued_by: dict[str, _Utterance] = {}  # early request -> the utterance that goes on with it
         self.outbox = Outbox(transport, "interpreter")
         self._stt_failures: list[float] = []  # when each utterance in a row failed in the recognizer (bounded)
         self._unhealthy = asyncio.Event()
@@ -279,6 +294,8 @@ class Interpreter:
 
     async def process(self, frame: bytes) -> None:
         self.frames_seen += 1
+        if self._unconfirmed:
+            self._confirm_turns()
         # While the stop word is being said, all of it goes to the stop-word listener, even after the player has
         # stopped: the rest of "그만" must not become a question.
         if self.muted() or self.stop_word.active:
@@ -313,12 +330,17 @@ class Interpreter:
                 if self._next_vad is not None:  # new VAD settings arrived mid-utterance
                     self.vad, self._next_vad = self._next_vad, None
                 speech_end = now_ms() - event.trailing_silence_ms
+                voice_end = self.frames_seen - event.trailing_silence_ms // self.settings.vad.frame_ms
                 if event.reason == "early" and utterance.heard:
                     if utterance.preempted is None:
-                        self._preempt(utterance, speech_end)
+                        self._preempt(utterance, speech_end, voice_end)
                     self._preempted = _Preempted(utterance.request_id, _joined(utterance.prefix, utterance.preempted
                                                                               or utterance.heard), self.clock())
-                finish = self._finish(utterance, speech_end, after=self._previous)
+                if utterance.request_id in self._unconfirmed:
+                    held = self._unconfirmed[utterance.request_id]
+                    held.ended, held.voice_end_frame = True, voice_end
+                unconfirmed_end = voice_end if event.reason == "early" else None
+                finish = self._finish(utterance, speech_end, after=self._previous, unconfirmed_end=unconfirmed_end)
                 if getattr(self.stt, "runs_locally", False):
                     # A local recognizer's final result is milliseconds of CPU (Vosk): wait for it, so that only one
                     # recognizer (tens of MB each) is ever alive. A network one may take seconds: not on this loop.
@@ -330,7 +352,12 @@ class Interpreter:
             self._could_not_hear(self._utterance.request_id if self._utterance else None, exc)
             await self._abort_utterance()
 
-    async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
+    async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None,
+                      unconfirmed_end: int | None = None) -> None:
+        """The recognizer's final result: the transcript, unless an early one already went out with the same words
+        (then its held answer may play once the turn is confirmed); a final with other words replaces it, once,
+        unless the person already went on from it. ``unconfirmed_end``: the turn ended early, at this frame, and is
+        not confirmed yet."""
         try:
             text = await utterance.transcriber.end()
             if after is not None:  # recognised in parallel, published in the order they were said
@@ -341,22 +368,39 @@ class Interpreter:
             return
         self._stt_failures.clear()  # the recognizer works
         if utterance.preempted is not None:
+            early = self._unconfirmed.get(utterance.request_id)
+            if utterance.request_id in self._withdrawn:
+                # The person went on: the next utterance carries the whole question, once, and starts with these
+                # words as the recognizer finally heard them (the early guess may have missed the last ones).
+                going_on = self._continued_by.pop(utterance.request_id, None)
+                if going_on is not None and text:
+                    going_on.prefix = _joined(utterance.prefix, text)
+                return
             if text and _letters(text) != _letters(utterance.preempted):  # the final has other words than went out
-                log.info("final result differs from the early transcript; sending it as a newer request")
-                self._send_transcript(TranscriptMessage(
+                log.info("final result differs from the early transcript; it replaces it")
+                self._withdraw(utterance.request_id)
+                correction = TranscriptMessage(
                     request_id=new_request_id(), state="completed", text=_joined(utterance.prefix, text),
-                    lang=self.settings.lang, speech_end_ts=speech_end, replaces=utterance.request_id))
+                    lang=self.settings.lang, speech_end_ts=speech_end, replaces=utterance.request_id)
+                if self._preempted is not None and self._preempted.request_id == utterance.request_id:
+                    # what the person may still go on from is now the correction
+                    self._preempted = _Preempted(correction.request_id, correction.text, self._preempted.at)
+                self._send_transcript(correction, unconfirmed_end=early.voice_end_frame if early else None)
+            elif early is not None:
+                early.final_settled = True
+                self._confirm_turns()
         elif text:
             self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
                                                     text=_joined(utterance.prefix, text), lang=self.settings.lang,
-                                                    speech_end_ts=speech_end, replaces=utterance.replaces))
+                                                    speech_end_ts=speech_end, replaces=utterance.replaces),
+                                  unconfirmed_end=unconfirmed_end)
         else:
             log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
 
     def _on_partial(self, utterance: _Utterance, text: str) -> None:
         if utterance is not self._utterance or not text:
             return
-        utterance.heard = text
+        utterance.heard, utterance.heard_frame = text, self.frames_seen
         self.vad.early_end = looks_finished(text)  # finished-sounding words: a short silence ends the turn
         self._watch_preemption(utterance)
         if text == utterance.last_partial:
@@ -379,8 +423,11 @@ class Interpreter:
             return
         if utterance.preempted is None:
             silent_ms = self.vad.voice_silent_ms
-            if utterance.heard and self.vad.early_end and silent_ms >= vad.preempt_ms:
-                self._preempt(utterance, now_ms() - silent_ms)
+            voice_end = self.frames_seen - silent_ms // vad.frame_ms
+            # Only words the recognizer showed after the voice stopped can be all of them (it lags the audio).
+            if (utterance.heard and self.vad.early_end and silent_ms >= vad.preempt_ms
+                    and utterance.heard_frame > voice_end):
+                self._preempt(utterance, now_ms() - silent_ms, voice_end)
             return
         utterance.voiced_since += voiced  # (a frame, not a partial result: only frames are counted)
         if utterance.voiced_since >= self.vad.start_frames:
@@ -389,14 +436,32 @@ class Interpreter:
             utterance.request_id, utterance.preempted, utterance.voiced_since = new_request_id(), None, 0
             utterance.last_partial = ""  # the new request gets its own partials
 
-    def _preempt(self, utterance: _Utterance, speech_end: int) -> None:
-        """Send the completed transcript now, from the words heard so far (the recognizer's final result follows in
-        ``_finish``, and only goes out if it differs)."""
+    def _preempt(self, utterance: _Utterance, speech_end: int, voice_end: int) -> None:
+        """Send the completed transcript now, from the words heard so far, so the answer is being written; the
+        device holds it until the turn is confirmed (the recognizer's final result follows in ``_finish``)."""
         utterance.preempted, utterance.voiced_since = utterance.heard, 0
         self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
                                                 text=_joined(utterance.prefix, utterance.heard),
                                                 lang=self.settings.lang, speech_end_ts=speech_end,
-                                                replaces=utterance.replaces))
+                                                replaces=utterance.replaces), unconfirmed_end=voice_end,
+                            final=False)
+
+    def _confirm_turns(self) -> None:
+        """Release every held answer whose turn is over: its utterance ended, ``hangover_ms`` of silence followed the
+        voice with no new utterance, and the final result agreed."""
+        hangover = self.settings.vad.frames(self.settings.vad.hangover_ms)
+        for request_id, held in list(self._unconfirmed.items()):
+            if (held.ended and held.final_settled and self._utterance is None
+                    and self.frames_seen - held.voice_end_frame >= hangover):
+                del self._unconfirmed[request_id]
+                self._send(self.topics.control, ControlMessage(action="release", request_id=request_id),
+                           QOS_AT_MOST_ONCE)
+
+    def _release_all(self) -> None:
+        """The input ended (a WAV file): nothing more will be said, every turn is over."""
+        for held in self._unconfirmed.values():
+            held.ended, held.voice_end_frame = True, -(10**9)
+        self._confirm_turns()
 
     def _continue_preempted(self, utterance: _Utterance) -> None:
         """Speech soon after an early end goes on with the same question: cancel the early answer before it plays,
@@ -406,10 +471,16 @@ class Interpreter:
             return
         self._withdraw(preempted.request_id)
         utterance.prefix, utterance.replaces = preempted.text, preempted.request_id
+        self._continued_by[preempted.request_id] = utterance
+        while len(self._continued_by) > 4:  # (bounded: an entry lives until that utterance's final result)
+            self._continued_by.pop(next(iter(self._continued_by)))
 
     def _withdraw(self, request_id: str) -> None:
-        """The person went on after an early transcript: its answer is cancelled on the device before it plays."""
-        log.info("the person went on after %s; its early answer is cancelled", request_id[-8:])
+        """The person went on after an early transcript (or the final result replaced it): its answer is cancelled
+        on the device before it plays."""
+        log.info("the early answer of %s is cancelled", request_id[-8:])
+        self._unconfirmed.pop(request_id, None)
+        self._withdrawn.append(request_id)
         self._send(self.topics.control, ControlMessage(action="cancel", request_id=request_id), QOS_AT_MOST_ONCE)
 
     async def _abort_utterance(self) -> None:
@@ -435,7 +506,20 @@ class Interpreter:
 
     # -- output ------------------------------------------------------------------------------------------------------
 
-    def _send_transcript(self, message: TranscriptMessage) -> None:
+    def _send_transcript(self, message: TranscriptMessage, *, unconfirmed_end: int | None = None,
+                         final: bool = True) -> None:
+        """Publish a transcript. A completed one whose turn is not confirmed yet (``unconfirmed_end``: the frame the
+        voice stopped at) is held on the device first: generated now, heard only once the turn is over. ``final``:
+        it carries the recognizer's final result (not a preemptive guess)."""
+        if message.state == "completed" and unconfirmed_end is not None:
+            hangover = self.settings.vad.frames(self.settings.vad.hangover_ms)
+            if not final or self.frames_seen - unconfirmed_end < hangover:
+                self._send(self.topics.control, ControlMessage(action="hold", request_id=message.request_id),
+                           QOS_AT_MOST_ONCE)
+                self._unconfirmed[message.request_id] = _Unconfirmed(unconfirmed_end, ended=final,
+                                                                     final_settled=final)
+                while len(self._unconfirmed) > 8:  # (bounded: a turn settles within seconds)
+                    self._unconfirmed.pop(next(iter(self._unconfirmed)))
         self.published.append(message)
         if self.on_transcript is not None:
             self.on_transcript(message)

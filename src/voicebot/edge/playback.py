@@ -5,6 +5,11 @@ strict ``seq`` order per request; duplicates ignored; parts reassembled; a newer
 request and drops the rest of it; a missing ``seq`` is skipped after the gap timeout (or at once when the speech side
 reports it failed); ``last`` ends the request.
 
+A request can be *held* (the interpreter sent its transcript before the end of the turn was confirmed): its
+sentences are kept but nothing of it plays, and the device does not count as speaking (it keeps listening), until it
+is released, or cancelled because the person went on. A hold the interpreter never settles lapses after
+``hold_limit_s`` (the answer plays rather than nothing).
+
 A sentence that is late past the gap timeout is skipped, but its request stays open for what still comes (a late
 sentence must not end the whole answer); the request only *stalls*: the device counts as not speaking (so it
 listens) and gives the request up after ``stall_limit_s`` with nothing new.
@@ -73,12 +78,14 @@ class PlaybackQueue:
     """Decides what to play next. Pure: every method takes the current time and returns actions."""
 
     def __init__(self, *, gap_timeout_s: float = 3.0, stall_limit_s: float = 30.0, remember: int = 256,
-                 joined_at: int | None = None) -> None:
+                 joined_at: int | None = None, hold_limit_s: float = 5.0) -> None:
         """``joined_at``: when the player started listening (epoch ms, the device's clock, the one its request ids
         are made with): the first request it sees, if made more than a gap timeout before then, is an answer it
         joined in the middle of."""
         self.gap_timeout_s = gap_timeout_s
         self.joined_at = joined_at
+        self.hold_limit_s = hold_limit_s
+        self._held: dict[str, float] = {}  # request id -> when it was held (a few at most: bounded below)
         self.stall_limit_s = stall_limit_s
         self._assembler = AudioAssembler()
         self._current: _Request | None = None
@@ -95,14 +102,33 @@ class PlaybackQueue:
 
     @property
     def speaking(self) -> bool:
-        """A request is playing or about to (not stalled waiting for late sentences): the microphone stays muted."""
-        return bool(self._current and self._current.stalled_since is None)
+        """A request is playing or about to (not stalled waiting for late sentences, not held): the microphone stays
+        muted."""
+        current = self._current
+        return bool(current and current.stalled_since is None and current.request_id not in self._held)
+
+    def hold(self, request_id: str, now: float) -> None:
+        """Keep ``request_id`` from playing until ``release`` (the end of the person's turn is not confirmed yet)."""
+        if self._is_stale(request_id):
+            return
+        self._held[request_id] = now
+        while len(self._held) > 8:
+            self._held.pop(next(iter(self._held)))
+
+    def release(self, request_id: str, now: float) -> None:
+        """The turn is over: the held request may play (its gap timeouts count from now)."""
+        if self._held.pop(request_id, None) is not None and self._current and self._current.request_id == request_id:
+            self._current.waiting_since = now
+
+    def held(self, request_id: str | None) -> bool:
+        return request_id in self._held
 
     def _is_stale(self, request_id: str) -> bool:
         return request_id in self._retired or (request_id != self._newest and not is_newer(request_id, self._newest))
 
     def _retire(self, request: _Request) -> None:
         self._retired.append(request.request_id)
+        self._held.pop(request.request_id, None)
         self._assembler.forget([request.request_id])
         if self._current is request:
             self._current = None
@@ -174,6 +200,12 @@ class PlaybackQueue:
         """Everything that can happen now, ending with at most one Play (the loop plays it, then calls playback_done)."""
         actions: list[Action] = []
         request = self._current
+        if request is not None and request.request_id in self._held:
+            if now < self._held[request.request_id] + self.hold_limit_s:
+                return actions  # not a word of it until the turn is over
+            log.warning("player: %s was held for %.0f s and never released; playing it", request.request_id[-8:],
+                        self.hold_limit_s)
+            self.release(request.request_id, now)
         while request is not None and not request.playing:
             seq = request.next_seq
             if seq in request.ready:
@@ -219,6 +251,8 @@ class PlaybackQueue:
     def wake_at(self) -> float | None:
         """When the loop must call ``next`` again even if nothing arrives (a gap timeout expires)."""
         request = self._current
+        if request is not None and request.request_id in self._held:
+            return self._held[request.request_id] + self.hold_limit_s
         if request is None or request.playing or request.next_seq in request.ready:
             return None
         if request.joined_late and request.ready:

@@ -233,6 +233,11 @@ class Player:
             reachable = getattr(self.transport, "reachable", None)
             if reachable is not None and self.apology.enabled and not control.offline and self._probe is None:
                 self._probe = asyncio.create_task(self._check_online(control.request_id, reachable))
+        elif control.action == "hold" and control.request_id:
+            self.queue.hold(control.request_id, now)
+        elif control.action == "release" and control.request_id:
+            self.queue.release(control.request_id, now)
+            self._apply([])  # (the state: speaking once it plays)
         elif control.action == "apologise" and control.request_id:
             self.apology.failed(control.request_id, now, "offline" if control.offline else "trouble")
 
