@@ -84,6 +84,9 @@ PREROLL = VadSettings().frames(VadSettings().preroll_ms)  # frames of silence a 
     ("오늘 날씨 어때요", True), ("불 꺼 줘", True), ("몇 시야?", True), ("알려 주세요", True),
     ("오늘 날씨가 좋은데", False), ("그리고", False), ("서울 날씨는", False), ("먹었고", False), ("음", False),
     ("뭐야", True), ("몇 시야", True), ("내일 갈 거야", True), ("우산을 챙겨야", False), ("일찍 가야", False),
+    # 아/어 forms waiting for their auxiliary ("음악 좀 틀어 | 줄래?"), and a turn that has only just opened
+    ("음악 좀 틀어", False), ("그 노래 찾아", False), ("책 읽어", False), ("아니", False), ("아니.", False),
+    ("아니요", True), ("날씨 좋아", True), ("먹고 싶어", True), ("시간 있어", True), ("음악 좀 틀어 줄래", True),
 ])
 def test_finished_sounding_korean(text, finished):
     assert looks_finished(text) is finished

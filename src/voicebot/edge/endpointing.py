@@ -29,6 +29,12 @@ CONTINUING = (
 #: 야 after a noun is the copula and finishes ("뭐야", "몇 시야", "할 거야"); after a verb's 아/어 form it is -아야/-어야
 #: ("must") and the sentence goes on: "우산을 챙겨야 | 할까요".
 COPULA_YA = ("뭐야", "거야")
+#: A verb's 아/어 form after a closed syllable ("틀어", "찾아", "읽어") usually leads to an auxiliary ("틀어 | 줘",
+#: "찾아 | 봐"): not finished. These end a sentence as they are (a reply, a state), and stay finished.
+COMPLETE_A_EO = frozenset({"좋아", "싫어", "괜찮아", "많아", "적어", "없어", "있어", "알아", "맞아", "싶어", "같아",
+                           "작아", "넓어", "높아", "낮아", "늦어", "짧아", "얇아", "깊어", "밝아"})
+#: A turn that opens with these goes on ("아니 | 그게 아니라", "음 | 잠깐만"): alone, they are not a finished turn.
+OPENERS = frozenset({"아니", "근데", "그러니까", "잠깐", "저기"})
 _LAST_WORD = re.compile(r"([^\s.,!?…~]+)\s*([.!?…~]*)\s*$")
 
 
@@ -40,6 +46,10 @@ def looks_finished(text: str) -> bool:
     word, marks = m.group(1), m.group(2)
     if "?" in marks:
         return True
+    if text.split()[0].strip(".,!?…~") in OPENERS and len(text.split()) == 1:
+        return False  # a turn that has only just opened
+    if len(word) >= 2 and word[-1] in "아어" and _closed(word[-2]) and word not in COMPLETE_A_EO:
+        return False  # 아/어 form waiting for its auxiliary
     if len(word) == 1:  # a particle or a filler never stands alone at the end; a short verb does
         return word in FINAL_WORDS
     if word in CONTINUING or (word.endswith(CONTINUING) and not word.endswith(FINAL_ENDINGS)):
@@ -47,3 +57,9 @@ def looks_finished(text: str) -> bool:
     if a_eo_form(word, "야") and not word.endswith(COPULA_YA):
         return False
     return word.endswith(FINAL_ENDINGS)
+
+
+def _closed(syllable: str) -> bool:
+    """A Hangul syllable that ends in a consonant (틀, 찾, 읽): the 아/어 after it is an ending of its own."""
+    code = ord(syllable) - 0xAC00
+    return 0 <= code < 11172 and code % 28 != 0
