@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 APT_PACKAGES := mosquitto espeak-ng libportaudio2 libsndfile1
+# What only the tests need: the OS's Chromium (the console's browser tests) and a Korean font for it.
+TEST_APT_PACKAGES := chromium fonts-nanum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_TEXT ?= 안녕하세요, 오늘 서울 날씨는 어때요?
 
 .PHONY: demo test test-fast lint system-deps venv gg-build gg-publish version lock lambda-check clean
 
-## Install the Debian packages that are missing (mosquitto, espeak-ng, PortAudio, libsndfile).
+## Install the Debian packages that are missing (mosquitto, espeak-ng, PortAudio, libsndfile; for the tests Chromium).
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
@@ -42,6 +44,7 @@ lint: venv
 ## The whole test suite (lint, template check, unit, integration and end-to-end tests). The GDK test installs the
 ## real GDK CLI from GDK_SOURCE: the copy in ../shared when it is there, else its GitHub repository.
 GDK_SOURCE ?= $(abspath $(firstword $(wildcard ../shared/tools/gdk-cli-1.6.2)))
+test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: system-deps venv lint
 	@echo "== running the whole test suite (about 4 minutes on 2 cores; \`make test-fast\`: the unit tests only)"
 	$(if $(GDK_SOURCE),GDK_SOURCE=$(GDK_SOURCE)) $(BIN)/pytest -q

@@ -75,7 +75,8 @@ def _verbose_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
 
 
-def _connection_flags(p: argparse.ArgumentParser, *, thing_default: str | None = "dev-device") -> None:
+def _connection_flags(p: argparse.ArgumentParser, *, thing_default: str | None = "dev-device",
+                      thing: bool = True) -> None:
     g = p.add_argument_group("connection")
     g.add_argument("--broker", help="plain MQTT5 broker, mqtt://HOST:PORT (a local mosquitto)")
     g.add_argument("--endpoint", help="AWS IoT Core data endpoint (mTLS), instead of --broker")
@@ -83,8 +84,9 @@ def _connection_flags(p: argparse.ArgumentParser, *, thing_default: str | None =
     g.add_argument("--key", help="private key PEM (with --endpoint)")
     g.add_argument("--ca", help="root CA PEM (with --endpoint)")
     g.add_argument("--ipc", action="store_true", help="use Greengrass IPC (inside a Greengrass component)")
-    g.add_argument("--thing", default=thing_default, type=thing_name,
-                   help="thing name, the device's identity in every topic (AWS IoT rules: letters, digits, : _ -)")
+    if thing:
+        g.add_argument("--thing", default=thing_default, type=thing_name,
+                       help="thing name, the device's identity in every topic (AWS IoT rules: letters, digits, : _ -)")
     g.add_argument("--topic-root", default=DEFAULT_TOPIC_ROOT, type=setting(PlayerConfig, "topic_root"),
                    help="first level of every topic")
 
@@ -210,6 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
     monitor = command("monitor", "print every voicebot message as a legible line")
     _connection_flags(monitor, thing_default=None)  # (None: every device)
     monitor.add_argument("--count", type=int, default=0, help="stop after this many messages (0: until Ctrl-C)")
+
+    console = command("console", "the conversation console: every device's conversation live in a browser (a local "
+                                 "web page; the read-only `device-policy --monitor` certificate is enough)")
+    _connection_flags(console, thing=False)
+    console.add_argument("--port", type=int, default=8080, help="the page's port")
+    console.add_argument("--host", default="127.0.0.1",
+                         help="the address to listen on (127.0.0.1: this machine only; the page has no login)")
+    console.add_argument("--allow-ask", action="store_true",
+                         help="a text box per device that publishes a completed transcript as that device (off: the "
+                              "page only watches)")
 
     bench = command("bench", "latency, gaps, fleet load, footprint and cost, measured on the local stack")
     from voicebot.bench.options import add_arguments
@@ -444,6 +456,28 @@ def cmd_device_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from voicebot.console.server import Console, serve
+    from voicebot.messaging import connect
+
+    transport = connect(connection_settings(args), client_id=f"voicebot-console-{os.getpid()}")
+    console = Console(transport, args.topic_root, allow_ask=args.allow_ask)
+
+    def ready(url: str) -> None:
+        print(f"voicebot console on {url} (watching {args.topic_root}/# on "
+              f"{getattr(transport, 'description', 'the broker')}; asking {'on' if args.allow_ask else 'off'})",
+              flush=True)
+
+    try:
+        _run_until_signal(lambda stop: serve(console, args.host, args.port, stop, on_ready=ready))
+    except OSError as exc:  # the port is taken
+        print(f"voicebot console: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        transport.close()
+    return 0
+
+
 def cmd_deployment(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
@@ -464,8 +498,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"cloud": cmd_cloud, "bench": cmd_bench, "devices": cmd_devices, "device-policy": cmd_device_policy,
-            "monitor": cmd_monitor, "deployment": cmd_deployment, "demo": cmd_demo, "player": cmd_player,
-            "interpreter": cmd_interpreter}
+            "monitor": cmd_monitor, "deployment": cmd_deployment, "console": cmd_console, "demo": cmd_demo,
+            "player": cmd_player, "interpreter": cmd_interpreter}
 
 
 def _terminate(signum: int, frame: object) -> None:
