@@ -79,7 +79,8 @@ def test_an_unknown_flag_shows_the_subcommands_usage_and_v_works_after_it():
     assert ok.returncode == 0 and '"Version"' in ok.stdout
 
 
-@pytest.mark.parametrize("command", ["player", "interpreter", "demo", "cloud", "monitor", "bench"])
+@pytest.mark.parametrize("command", ["player", "interpreter", "demo", "cloud", "monitor", "console", "deployment",
+                                     "bench"])
 def test_help_describes_every_flag_and_shows_its_default(command):
     proc = voicebot(command, "--help")
     assert proc.returncode == 0
@@ -94,7 +95,7 @@ def test_help_describes_every_flag_and_shows_its_default(command):
             assert action.help, f"{command} {action.option_strings[0]} has no description"
             if action.default not in (None, False, argparse.SUPPRESS):
                 assert "default" in (sub.formatter_class(command)._get_help_string(action)), action.option_strings
-    assert "(default: " in proc.stdout
+    assert "(default:" in proc.stdout
 
 
 def test_the_readme_dev_mode_finishes_a_spoken_turn(tmp_path, connect):

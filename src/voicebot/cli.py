@@ -460,7 +460,8 @@ def cmd_console(args: argparse.Namespace) -> int:
     from voicebot.console.server import Console, serve
     from voicebot.messaging import connect
 
-    transport = connect(connection_settings(args), client_id=f"voicebot-console-{os.getpid()}")
+    # (a voicebot-monitor-* client id: the read-only monitor policy allows exactly those to connect)
+    transport = connect(connection_settings(args), client_id=f"voicebot-monitor-console-{os.getpid()}")
     console = Console(transport, args.topic_root, allow_ask=args.allow_ask)
 
     def ready(url: str) -> None:
