@@ -279,3 +279,14 @@ def test_speech_after_the_early_answer_was_heard_is_a_new_question(topics):
     first, second = completed(transport, topics)
     assert (first.text, second.text, second.replaces) == ("오늘 날씨 어때요", "서울 말고 부산", None)
     assert not cancels(transport.sent, topics)
+
+
+def test_an_input_that_ends_right_after_an_early_end_releases_its_held_answer(topics):
+    """A WAV file that stops 400 ms after the question: nothing more will be said, so the held answer is released
+    when the interpreter drains (not left to the player's 5 s lapse)."""
+    frames = frames_of(silence(0.3)) + FIRST + frames_of(silence(0.22))
+    transport = run(Sessions("오늘 날씨 어때요"), frames, topics)
+    (question,) = completed(transport, topics)
+    controls = [decode(ControlMessage, p) for t, p in transport.sent if t == topics.control]
+    actions = [(c.action, c.request_id) for c in controls if c.action in ("hold", "release")]
+    assert actions == [("hold", question.request_id), ("release", question.request_id)]

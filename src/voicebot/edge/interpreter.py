@@ -214,6 +214,8 @@ class Interpreter:
         sent (QoS1: acknowledged)."""
         if self._finishing:
             await asyncio.wait(set(self._finishing))
+        if self._utterance is None:
+            self._release_all()  # nothing more is being said: every held answer's turn is over
         await self.outbox.drain()
 
     def _in_background(self, coro: Any) -> asyncio.Task[None]:
