@@ -177,8 +177,9 @@ def test_a_hundred_devices_stay_bounded_and_malformed_messages_are_skipped_with_
         device.publish("voicebot/pi-000/transcript", junk, QOS_AT_LEAST_ONCE).result(5)
     device.publish("voicebot/pi-000/transcript", encode(TranscriptMessage(
         request_id=new_request_id(), state="completed", text="마지막 질문")), QOS_AT_LEAST_ONCE).result(5)
-    page.wait_for_function("document.querySelectorAll('section.device').length === 100", timeout=30_000)
-    page.wait_for_function("document.body.innerText.includes('마지막 질문')", timeout=30_000)
+    # (selectors, not wait_for_function: the page's Content-Security-Policy forbids the eval that polling uses)
+    page.wait_for_selector("section.device:nth-of-type(100)", timeout=30_000)
+    page.wait_for_selector('section[data-thing="pi-000"] .q:has-text("마지막 질문")', timeout=30_000)
     assert "malformed message(s) skipped" in page.inner_text("#notes")
     turns = page.eval_on_selector_all("section.device", "ns => ns.map(n => n.querySelectorAll('.turn').length)")
     assert max(turns) <= MAX_TURNS and min(turns) >= 10
