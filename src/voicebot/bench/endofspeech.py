@@ -200,11 +200,28 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, pre
     await device.start()
     mic = Microphone(script)
     transport = Mqtt5Transport(ConnectionSettings(broker=stack.broker.url), client_id=f"bench-interpreter-{thing}")
-    completed: asyncio.Queue[Turn] = asyncio.Queue()
+    pending: list[Turn] = []  # this question's completed requests (an early one, then what replaced it)
+    changed = asyncio.Event()
 
     def on_transcript(message) -> None:  # in the interpreter's loop, as the transcript goes out
         if message.state == "completed":
-            completed.put_nowait(device.expect(thing, message.request_id, message.text))
+            pending.append(device.expect(thing, message.request_id, message.text))
+            changed.set()
+
+    async def first_heard() -> Turn:
+        """The request of this question whose answer started playing (a withdrawn early one never does)."""
+        while True:
+            for turn in reversed(pending):
+                if device.started[turn.request_id].is_set():
+                    return turn
+            changed.clear()
+            waits = [asyncio.create_task(changed.wait())] + [
+                asyncio.create_task(device.started[t.request_id].wait()) for t in pending]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
 
     interpreter = Interpreter(transport, topics, mic, stt or SyntheticRecognizer(script, **recognizer),
                               InterpreterSettings(vad=VadSettings(early_end_ms=early_end_ms, preempt_ms=preempt_ms)),
@@ -220,16 +237,15 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, pre
             await asyncio.wait_for(script.ended.wait(), 30)
             speech_end = script.speech_end
             try:
-                turn = await asyncio.wait_for(completed.get(), 10)
-                await asyncio.wait_for(device.started[turn.request_id].wait(), 30)
+                turn = await asyncio.wait_for(first_heard(), 30)
             except TimeoutError:  # a real recognizer heard no words in that question: no turn to time
+                pending.clear()
                 continue
             results.append(EosTurn(s.text, speech_end, turn))
             transport.publish(topics.control, encode(ControlMessage(action="cancel", request_id=turn.request_id)),
                               QOS_AT_MOST_ONCE)  # enough: the next question
             await asyncio.wait_for(device.finished[turn.request_id].wait(), 10)
-            while not completed.empty():  # (a corrected final of the same question: not a turn of its own)
-                completed.get_nowait()
+            pending.clear()  # (a corrected final of the same question is not a turn of its own)
             await asyncio.sleep(interpreter.settings.echo_tail_s + 0.5)  # the echo tail, then a pause
     finally:
         stop.set()
