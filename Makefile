@@ -1,6 +1,8 @@
 # voicebot: `make demo` and `make test` work on a fresh Debian/Ubuntu machine.
 PYTHON ?= python3
 VENV   := .venv
+# Where the audio end-of-turn model's weights come from (only two files of it are used; gg-build packs them).
+PIPECAT_VERSION := 1.14.0
 BIN    := $(VENV)/bin
 APT_PACKAGES := mosquitto espeak-ng libportaudio2 libsndfile1
 # What only the tests need: the OS's Chromium (the console's browser tests) and a Korean font for it.
@@ -28,6 +30,8 @@ $(BIN)/.installed: pyproject.toml
 	  | grep --line-buffered -E '^(Collecting|Successfully installed)' | cut -c1-110; \
 	status=$$(cat $(VENV)/pip-status); if [ "$$status" != 0 ]; then tail -30 $(VENV)/install.log; \
 	  echo "pip install failed (all of it is in $(VENV)/install.log)"; exit $$status; fi
+	@echo "== the Smart Turn v3 weights: pipecat-ai's wheel without its dependencies (edge/turn_model.py)"
+	$(BIN)/pip install --quiet --progress-bar off --no-deps 'pipecat-ai==$(PIPECAT_VERSION)'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -97,6 +97,8 @@ def test_gdk_builds_and_publishes_every_component_folder(gdk, aws):
         assert {"main.py", "install.sh", "requirements.txt", "build-id"} <= set(names)
         if artifact == "voicebot-player":  # the apology clips, rendered at build time (no TTS on the device)
             assert {"clips/trouble.wav", "clips/offline.wav"} <= set(names)
+        else:  # the audio end-of-turn model's two files (no pipecat, no download on the device)
+            assert {"turn/smart-turn-v3.2-cpu.onnx", "turn/_whisper_features.py"} <= set(names)
     bundle = aws.recipes[("com.voicebot.VoiceBot", "1.0.0")]
     assert set(bundle["ComponentDependencies"]) == {"com.voicebot.VoiceInterpreter", "com.voicebot.VoicePlayer"}
 

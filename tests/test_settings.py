@@ -36,6 +36,7 @@ def test_the_cli_defaults_are_the_models():
     assert interp.stt == "auto"  # the device's Transcribe when AWS credentials are found, else Vosk (choose_stt)
     assert (interp.vad_aggressiveness, interp.preroll_ms, interp.hangover_ms, interp.max_utterance_s,
             interp.echo_tail_s) == (i.vad_aggressiveness, i.preroll_ms, i.hangover_ms, i.max_utterance_s, i.echo_tail_s)
+    assert (interp.end_of_turn, interp.turn_model_ms) == (i.end_of_turn, i.turn_model_ms)
     assert (interp.early_end_ms, interp.preempt_ms, interp.quiet_margin_db) == (
         i.early_end_ms, i.preempt_ms, i.quiet_margin_db)
 
@@ -44,8 +45,9 @@ def test_the_vad_defaults_are_the_models():
     """What a VAD built without the component configuration (tests, the bench) does is what a device does."""
     v, i = VadSettings(), InterpreterConfig()
     assert (v.engine, v.aggressiveness, v.preroll_ms, v.hangover_ms, v.max_utterance_s, v.early_end_ms, v.preempt_ms,
-            v.quiet_margin_db) == (i.vad_engine, i.vad_aggressiveness, i.preroll_ms, i.hangover_ms,
-                                   i.max_utterance_s, i.early_end_ms, i.preempt_ms, i.quiet_margin_db)
+            v.quiet_margin_db, v.end_of_turn, v.turn_model_ms) == (
+        i.vad_engine, i.vad_aggressiveness, i.preroll_ms, i.hangover_ms, i.max_utterance_s, i.early_end_ms,
+        i.preempt_ms, i.quiet_margin_db, i.end_of_turn, i.turn_model_ms)
 
 
 def test_a_live_update_applies_the_valid_keys_and_keeps_the_rest(caplog):

@@ -49,7 +49,7 @@ def setting(model: type, name: str) -> Callable[[str], Any]:
     from pydantic import TypeAdapter, ValidationError
 
     field = model.model_fields[name]
-    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
 
     def parse(text: str) -> Any:
         try:
@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
                         default=INTERPRETER.hangover_ms, help="silence that ends a turn, in ms (100-5000)")
     interp.add_argument("--max-utterance-s", type=setting(InterpreterConfig, "max_utterance_s"),
                         default=INTERPRETER.max_utterance_s, help="longest utterance, in seconds (1-120)")
+    interp.add_argument("--end-of-turn", type=setting(InterpreterConfig, "end_of_turn"),
+                        default=INTERPRETER.end_of_turn,
+                        help="what may end a turn before the hangover: hangover (nothing), text (the Korean text cue), "
+                             "audio (the Smart Turn v3 model), both (text where the words are shown, else the model)")
+    interp.add_argument("--turn-model-ms", type=setting(InterpreterConfig, "turn_model_ms"),
+                        default=INTERPRETER.turn_model_ms,
+                        help="silence after which the audio turn model is asked, in ms (60-2000)")
     interp.add_argument("--early-end-ms", type=setting(InterpreterConfig, "early_end_ms"),
                         default=INTERPRETER.early_end_ms,
                         help="silence that ends a turn whose words sound finished, in ms (0: always the hangover)")
@@ -357,7 +364,8 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
         vad=VadSettings(engine=args.vad, aggressiveness=args.vad_aggressiveness, preroll_ms=args.preroll_ms,
                         hangover_ms=args.hangover_ms, max_utterance_s=args.max_utterance_s,
                         early_end_ms=args.early_end_ms, preempt_ms=args.preempt_ms,
-                        quiet_margin_db=args.quiet_margin_db),
+                        quiet_margin_db=args.quiet_margin_db, end_of_turn=args.end_of_turn,
+                        turn_model_ms=args.turn_model_ms),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
     )
     connection = connection_settings(args)

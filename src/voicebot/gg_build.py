@@ -51,6 +51,8 @@ REQUIREMENTS = {
 }
 #: Artifacts that carry the local apology clips (edge/clips.py), rendered here so the device needs no TTS.
 WITH_CLIPS = {"com.voicebot.VoicePlayer"}
+#: Artifacts that carry the audio end-of-turn model (edge/turn_model.py: two files of pipecat-ai's wheel).
+WITH_TURN_MODEL = {"com.voicebot.VoiceInterpreter"}
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 
 
@@ -150,6 +152,8 @@ def artifact_files(component_dir: Path, name: str, wheel: Path, root: Path) -> d
         files[target] = path.read_bytes()
     if name in WITH_CLIPS:
         files.update(clip_files())
+    if name in WITH_TURN_MODEL:
+        files.update(turn_model_files())
     # What install.sh compares with the venv's stamp: any change of content means a new install.
     digest = hashlib.sha256()
     for key in sorted(files):
@@ -169,6 +173,18 @@ def clip_files() -> dict[str, bytes]:
         except TtsError as exc:
             raise BuildError(f"the player's apology clips cannot be rendered: {exc}") from exc
         return {f"clips/{path.name}": path.read_bytes() for path in rendered.values()}
+
+
+def turn_model_files() -> dict[str, bytes]:
+    """Smart Turn v3's weights and feature extractor, from this machine's pipecat-ai distribution (``make venv``
+    installs it without its dependencies), so that the device needs neither pipecat nor a download."""
+    from voicebot.edge.turn_model import TurnModelUnavailable, model_files
+
+    try:
+        weights, features = model_files()
+    except TurnModelUnavailable as exc:
+        raise BuildError(f"the interpreter's audio turn model cannot be packed: {exc}") from exc
+    return {f"turn/{weights.name}": weights.read_bytes(), f"turn/{features.name}": features.read_bytes()}
 
 
 def build_artifact(component_dir: Path, name: str, artifact_dir: Path, wheel: Path, root: Path = REPO) -> Path:

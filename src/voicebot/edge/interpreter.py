@@ -19,11 +19,22 @@ from typing import Any
 
 from voicebot.edge.audio import AudioError, AudioSource
 from voicebot.edge.echo_guard import EchoGuard
-from voicebot.edge.endpointing import looks_finished
 from voicebot.edge.runner import DEVICE_WAIT_S, ComponentFailed
 from voicebot.edge.settings import InterpreterConfig
 from voicebot.edge.stopword import StopWordListener
 from voicebot.edge.stt import RetryPolicy, SttBackend, SttError, UtteranceTranscriber
+from voicebot.edge.turn import (
+    Action,
+    AskModel,
+    Cancel,
+    EndUtterance,
+    Publish,
+    Release,
+    Turn,
+    TurnDetector,
+    TurnSettings,
+)
+from voicebot.edge.turn_model import SmartTurnModel, TurnModelUnavailable
 from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
 from voicebot.messaging import Outbox, Transport, subscribe
 from voicebot.protocol import (
@@ -38,7 +49,6 @@ from voicebot.protocol import (
     TranscriptMessage,
     decode,
     encode,
-    new_request_id,
     now_ms,
 )
 
@@ -71,47 +81,33 @@ class InterpreterSettings:
     """This many utterances in a row that the recognizer failed, over at least this many seconds (unreachable,
     no credentials), end the component after an ``error`` event: Greengrass shows it ERRORED and restarts it."""
     continuation_s: float = 2.0
-    """After a turn ended early (``VadSettings.early_end_ms``), speech within this long continues it: the early
-    answer is cancelled before it plays and the next transcript carries the whole question."""
+    """After a turn ended early (edge/turn.py), speech within this long continues it: the early answer is cancelled
+    before it plays and the next transcript carries the whole question."""
+
+    def turn_settings(self) -> TurnSettings:
+        v = self.vad
+        return TurnSettings(mode=v.end_of_turn, hangover_ms=v.hangover_ms,  # type: ignore[arg-type]
+                            early_end_ms=v.early_end_ms, preempt_ms=v.preempt_ms, model_ms=v.turn_model_ms,
+                            continuation_ms=round(self.continuation_s * 1000), start_frames=v.frames(v.start_ms),
+                            max_partials_per_s=self.max_partials_per_s, lang=self.lang)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Utterance:
-    request_id: str
+    """What the loop keeps of an utterance besides its turn: the recognizer stream, and for the audio turn model the
+    latest seconds of audio (bounded)."""
+
+    turn: Turn
     transcriber: UtteranceTranscriber
-    last_partial: str = ""
-    last_partial_at: float = float("-inf")
-    heard: str = ""  # the latest words, unthrottled
-    prefix: str = ""  # the words of a preemptive transcript this utterance goes on from
-    preempted: str | None = None  # the words its completed transcript already went out with (before the final)
-    voiced_since: int = 0  # voiced frames heard since then: enough of them and the person is going on
-    heard_frame: int = 0  # ``frames_seen`` when the latest partial arrived
-    replaces: str | None = None  # the early request whose question this utterance finishes
-
-
-@dataclass
-class _Unconfirmed:
-    """A completed transcript that went out before the end of the turn was confirmed: its answer is held on the
-    device (control ``hold``) until ``hangover_ms`` of silence followed the voice and the recognizer's final result
-    agreed with it (``release``), or cancelled when the person went on."""
-
-    voice_end_frame: int  # ``frames_seen`` when the voice stopped
-    ended: bool = False  # the VAD ended its utterance (early): no more words of it can come
-    final_settled: bool = False  # the final result agreed, or replaced it
-
-
-@dataclass(frozen=True)
-class _Preempted:
-    request_id: str
-    text: str
-    at: float
+    audio: deque[bytes] | None = None
 
 
 class Interpreter:
     def __init__(self, transport: Transport, topics: Topics, source: AudioSource, stt: SttBackend,
                  settings: InterpreterSettings | None = None, *, clock: Callable[[], float] = time.monotonic,
                  stop_word_stt: SttBackend | None = None,
-                 on_transcript: Callable[[TranscriptMessage], None] | None = None) -> None:
+                 on_transcript: Callable[[TranscriptMessage], None] | None = None,
+                 turn_model: SmartTurnModel | None = None) -> None:
         self.transport = transport
         self.topics = topics
         self.source = source
@@ -121,6 +117,9 @@ class Interpreter:
         self.settings = settings or InterpreterSettings()
         self.clock = clock
         self.vad = VadGate(self.settings.vad)
+        self.turns = TurnDetector(self.settings.turn_settings())  # when a turn ends, and what goes out then
+        self.turn_model = turn_model  # Smart Turn v3, loaded when the end of turn uses it
+        self.turn_model_seconds: deque[float] = deque(maxlen=256)  # its latest decision times (the benchmark's)
         s = self.settings
         self.echo_guard = EchoGuard(echo_tail_s=s.echo_tail_s, speaking_expiry_s=s.speaking_expiry_s,
                                     max_mute_s=s.max_mute_s)  # fed by the player's state, on a device-local topic
@@ -135,15 +134,14 @@ class Interpreter:
         self._next_vad: VadGate | None = None
         self._finishing: set[asyncio.Task[None]] = set()  # utterances waiting for their final result
         self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
-        self._preempted: _Preempted | None = None  # the last turn that ended early, while it may still go on
-        self._unconfirmed: dict[str, _Unconfirmed] = {}  # answers held on the device until the turn is over
-        self._withdrawn: deque[str] = deque(maxlen=16)  # early requests the person went on from
-        self._continued_by: dict[str, _Utterance] = {}  # early request -> the utterance that goes on with it
+        self._end_now = False  # the turn detector ended the utterance: the VAD ends it after this frame
         self.outbox = Outbox(transport, "interpreter")
         self._stt_failures: list[float] = []  # when each utterance in a row failed in the recognizer (bounded)
         self._unhealthy = asyncio.Event()
         self._unhealthy_reason = ""
         self._failures_seen: set[str] = set()  # kinds of background failure already logged with a traceback
+        self._turn_model_problem = ""
+        self._load_turn_model()
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -215,7 +213,7 @@ class Interpreter:
         if self._finishing:
             await asyncio.wait(set(self._finishing))
         if self._utterance is None:
-            self._release_all()  # nothing more is being said: every held answer's turn is over
+            self._act(self.turns.input_ended(self._now()))  # nothing more is said: every turn is over
         await self.outbox.drain()
 
     def _in_background(self, coro: Any) -> asyncio.Task[None]:
@@ -246,17 +244,21 @@ class Interpreter:
             vad_engine=vad.engine, vad_aggressiveness=vad.aggressiveness, preroll_ms=vad.preroll_ms,
             hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, early_end_ms=vad.early_end_ms,
             preempt_ms=vad.preempt_ms, quiet_margin_db=vad.quiet_margin_db, echo_tail_s=s.echo_tail_s,
-            stop_word=s.stop_word if s.stop_word_enabled else "",
+            stop_word=s.stop_word if s.stop_word_enabled else "", end_of_turn=vad.end_of_turn,
+            turn_model_ms=vad.turn_model_ms,
         ).merged(config, problems)
         for line in problems:
             self._emit_event("error", detail=f"configuration: {line}")
         new_vad = replace(vad, engine=new.vad_engine, aggressiveness=new.vad_aggressiveness,
                           preroll_ms=new.preroll_ms, hangover_ms=new.hangover_ms, max_utterance_s=new.max_utterance_s,
                           early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms,
-                          quiet_margin_db=new.quiet_margin_db)
+                          quiet_margin_db=new.quiet_margin_db, end_of_turn=new.end_of_turn,
+                          turn_model_ms=new.turn_model_ms)
         self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
         self.echo_guard.echo_tail_s = new.echo_tail_s
+        self.turns.settings = self.settings.turn_settings()  # (the detector's settings apply from the next frame)
+        self._load_turn_model()
         if new_vad != vad:
             try:
                 self._next_vad = VadGate(new_vad)
@@ -266,6 +268,22 @@ class Interpreter:
                 return
             if not self.vad.in_speech:
                 self.vad, self._next_vad = self._next_vad, None
+
+    def _load_turn_model(self) -> None:
+        """Load Smart Turn v3 when the end of turn uses it. Where it cannot run (no onnxruntime, no weights), the
+        text cue decides instead, and the reason is reported once."""
+        if self.turn_model is not None or not self.turns.settings.uses_model:
+            return
+        try:
+            self.turn_model = SmartTurnModel()
+        except TurnModelUnavailable as exc:
+            mode = self.turns.settings.mode
+            self.turns.settings = replace(self.turns.settings, mode="text")
+            if str(exc) != self._turn_model_problem:
+                self._turn_model_problem = str(exc)
+                log.error("interpreter: EndOfTurn %s cannot be used (%s); the Korean text cue decides instead",
+                          mode, exc)
+                self._emit_event("error", detail=f"EndOfTurn {mode} unavailable: {exc}; using text")
 
     # -- echo guard --------------------------------------------------------------------------------------------------
 
@@ -277,7 +295,7 @@ class Interpreter:
             return
         self.echo_guard.on_player_state(state.state == "speaking", state.request_id, self.clock())
         if state.state == "speaking":
-            self._preempted = None  # an answer is being heard: what the person says next is a new question
+            self.turns.answer_heard()  # what the person says next is a new question
         self.state_changed.set()
 
     def summary(self) -> str:
@@ -294,10 +312,12 @@ class Interpreter:
 
     # -- audio -------------------------------------------------------------------------------------------------------
 
+    def _now(self) -> int:
+        """The audio time (ms of frames heard): the turn detector's clock."""
+        return self.frames_seen * self.settings.vad.frame_ms
+
     async def process(self, frame: bytes) -> None:
         self.frames_seen += 1
-        if self._unconfirmed:
-            self._confirm_turns()
         # While the stop word is being said, all of it goes to the stop-word listener, even after the player has
         # stopped: the rest of "그만" must not become a question.
         if self.muted() or self.stop_word.active:
@@ -307,16 +327,22 @@ class Interpreter:
             listening = self.stop_word.active or (self.settings.stop_word_enabled and self.echo_guard.speaking)
             if listening and await self.stop_word.process(frame):  # it ended: the room may still ring with it
                 self.echo_guard.extend(self.clock())
-            return
-        for event in self.vad.process(frame):
-            await self._on_vad(event)
+        else:
+            for event in self.vad.process(frame):
+                await self._on_vad(event)
+        if self.turns.holding and not self.vad.voice_pending:  # (a voice that may start an utterance: not yet)
+            self._act(self.turns.tick(self._now()))
 
     async def _on_vad(self, event: VadEvent) -> None:
         try:
             if isinstance(event, SpeechStarted):
-                utterance = _Utterance(new_request_id(), UtteranceTranscriber(
-                    self.stt, on_partial=lambda text: self._on_partial(utterance, text), retry=self.settings.retry))
-                self._continue_preempted(utterance)
+                turn, actions = self.turns.started(self._now())
+                self._act(actions)
+                utterance = _Utterance(turn, UtteranceTranscriber(
+                    self.stt, on_partial=lambda text: self._act(self.turns.partial(turn, text, self._now())),
+                    retry=self.settings.retry))
+                if self.turn_model is not None and self.turns.settings.uses_model:
+                    utterance.audio = deque(event.preroll, maxlen=8000 // self.settings.vad.frame_ms)
                 self._utterance = utterance
                 self.utterances += 1
                 await utterance.transcriber.start()
@@ -324,25 +350,26 @@ class Interpreter:
                     self.stt_bytes += len(frame)
                     await utterance.transcriber.send(frame)
             elif isinstance(event, SpeechAudio) and self._utterance:
+                utterance = self._utterance
                 self.stt_bytes += len(event.frame)
-                await self._utterance.transcriber.send(event.frame)
-                self._watch_preemption(self._utterance, voiced=self.vad.hears_voice)
+                await utterance.transcriber.send(event.frame)
+                if utterance.audio is not None:
+                    utterance.audio.append(event.frame)
+                self._act(self.turns.frame(utterance.turn, self._now(), voiced=self.vad.hears_voice,
+                                           silent_ms=self.vad.voice_silent_ms, vad_silent_ms=self.vad.silent_ms))
+                if self._end_now:
+                    self._end_now = False
+                    for ended in self.vad.end():
+                        await self._on_vad(ended)
             elif isinstance(event, SpeechEnded) and self._utterance:
                 utterance, self._utterance = self._utterance, None
                 if self._next_vad is not None:  # new VAD settings arrived mid-utterance
                     self.vad, self._next_vad = self._next_vad, None
                 speech_end = now_ms() - event.trailing_silence_ms
-                voice_end = self.frames_seen - event.trailing_silence_ms // self.settings.vad.frame_ms
-                if event.reason == "early" and utterance.heard:
-                    if utterance.preempted is None:
-                        self._preempt(utterance, speech_end, voice_end)
-                    self._preempted = _Preempted(utterance.request_id, _joined(utterance.prefix, utterance.preempted
-                                                                              or utterance.heard), self.clock())
-                if utterance.request_id in self._unconfirmed:
-                    held = self._unconfirmed[utterance.request_id]
-                    held.ended, held.voice_end_frame = True, voice_end
-                unconfirmed_end = voice_end if event.reason == "early" else None
-                finish = self._finish(utterance, speech_end, after=self._previous, unconfirmed_end=unconfirmed_end)
+                early = event.reason == "early"
+                voice_end = self._now() - event.trailing_silence_ms
+                self._act(self.turns.ended(utterance.turn, self._now(), early=early, voice_end=voice_end))
+                finish = self._finish(utterance, speech_end, after=self._previous)
                 if getattr(self.stt, "runs_locally", False):
                     # A local recognizer's final result is milliseconds of CPU (Vosk): wait for it, so that only one
                     # recognizer (tens of MB each) is ever alive. A network one may take seconds: not on this loop.
@@ -351,142 +378,57 @@ class Interpreter:
                 else:
                     self._previous = self._in_background(finish)
         except SttError as exc:
-            self._could_not_hear(self._utterance.request_id if self._utterance else None, exc)
+            self._could_not_hear(self._utterance.turn.request_id if self._utterance else None, exc)
             await self._abort_utterance()
 
-    async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None,
-                      unconfirmed_end: int | None = None) -> None:
-        """The recognizer's final result: the transcript, unless an early one already went out with the same words
-        (then its held answer may play once the turn is confirmed); a final with other words replaces it, once,
-        unless the person already went on from it. ``unconfirmed_end``: the turn ended early, at this frame, and is
-        not confirmed yet."""
+    async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
+        """The recognizer's final result, handed to the turn detector in the order the utterances were said."""
         try:
             text = await utterance.transcriber.end()
             if after is not None:  # recognised in parallel, published in the order they were said
                 await asyncio.wait({after})
         except SttError as exc:
-            self._could_not_hear(utterance.request_id, exc)
+            self._could_not_hear(utterance.turn.request_id, exc)
             await utterance.transcriber.abort()
             return
         self._stt_failures.clear()  # the recognizer works
-        if utterance.preempted is not None:
-            early = self._unconfirmed.get(utterance.request_id)
-            if utterance.request_id in self._withdrawn:
-                # The person went on: the next utterance carries the whole question, once, and starts with these
-                # words as the recognizer finally heard them (the early guess may have missed the last ones).
-                going_on = self._continued_by.pop(utterance.request_id, None)
-                if going_on is not None and text:
-                    going_on.prefix = _joined(utterance.prefix, text)
-                return
-            if text and _letters(text) != _letters(utterance.preempted):  # the final has other words than went out
-                log.info("final result differs from the early transcript; it replaces it")
-                self._withdraw(utterance.request_id)
-                correction = TranscriptMessage(
-                    request_id=new_request_id(), state="completed", text=_joined(utterance.prefix, text),
-                    lang=self.settings.lang, speech_end_ts=speech_end, replaces=utterance.request_id)
-                if self._preempted is not None and self._preempted.request_id == utterance.request_id:
-                    # what the person may still go on from is now the correction
-                    self._preempted = _Preempted(correction.request_id, correction.text, self._preempted.at)
-                self._send_transcript(correction, unconfirmed_end=early.voice_end_frame if early else None)
-            elif early is not None:
-                early.final_settled = True
-                self._confirm_turns()
-        elif text:
-            self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
-                                                    text=_joined(utterance.prefix, text), lang=self.settings.lang,
-                                                    speech_end_ts=speech_end, replaces=utterance.replaces),
-                                  unconfirmed_end=unconfirmed_end)
-        else:
-            log.info("utterance %s had no words; nothing published", utterance.request_id[-8:])
+        self._act(self.turns.final(utterance.turn, text, self._now(), speech_end_ts=speech_end))
 
-    def _on_partial(self, utterance: _Utterance, text: str) -> None:
-        if utterance is not self._utterance or not text:
-            return
-        utterance.heard, utterance.heard_frame = text, self.frames_seen
-        self.vad.early_end = looks_finished(text)  # finished-sounding words: a short silence ends the turn
-        self._watch_preemption(utterance)
-        if text == utterance.last_partial:
-            return
-        now = self.clock()
-        if now - utterance.last_partial_at < 1.0 / self.settings.max_partials_per_s:
-            return
-        utterance.last_partial, utterance.last_partial_at = text, now
-        self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="proceeding", text=text,
-                                                lang=self.settings.lang))
-
-    # -- early end of turn -------------------------------------------------------------------------------------------
-
-    def _watch_preemption(self, utterance: _Utterance, *, voiced: bool = False) -> None:
-        """Before the turn ends: once the words sound finished and ``preempt_ms`` of silence followed, the transcript
-        goes out (the model writes the answer during the rest of the wait); if the person speaks again after that,
-        it is withdrawn (cancelled before it plays) and the utterance goes on under a new request id."""
-        vad = self.settings.vad
-        if utterance is not self._utterance or not vad.early_end_ms or not vad.preempt_ms:
-            return
-        if utterance.preempted is None:
-            silent_ms = self.vad.voice_silent_ms
-            voice_end = self.frames_seen - silent_ms // vad.frame_ms
-            # Only words the recognizer showed after the voice stopped can be all of them (it lags the audio).
-            if (utterance.heard and self.vad.early_end and silent_ms >= vad.preempt_ms
-                    and utterance.heard_frame > voice_end):
-                self._preempt(utterance, now_ms() - silent_ms, voice_end)
-            return
-        utterance.voiced_since += voiced  # (a frame, not a partial result: only frames are counted)
-        if utterance.voiced_since >= self.vad.start_frames:
-            self._withdraw(utterance.request_id)
-            utterance.replaces = utterance.request_id
-            utterance.request_id, utterance.preempted, utterance.voiced_since = new_request_id(), None, 0
-            utterance.last_partial = ""  # the new request gets its own partials
-
-    def _preempt(self, utterance: _Utterance, speech_end: int, voice_end: int) -> None:
-        """Send the completed transcript now, from the words heard so far, so the answer is being written; the
-        device holds it until the turn is confirmed (the recognizer's final result follows in ``_finish``)."""
-        utterance.preempted, utterance.voiced_since = utterance.heard, 0
-        self._send_transcript(TranscriptMessage(request_id=utterance.request_id, state="completed",
-                                                text=_joined(utterance.prefix, utterance.heard),
-                                                lang=self.settings.lang, speech_end_ts=speech_end,
-                                                replaces=utterance.replaces), unconfirmed_end=voice_end,
-                            final=False)
-
-    def _confirm_turns(self) -> None:
-        """Release every held answer whose turn is over: its utterance ended, ``hangover_ms`` of silence followed the
-        voice with no new utterance, and the final result agreed."""
-        hangover = self.settings.vad.frames(self.settings.vad.hangover_ms)
-        for request_id, held in list(self._unconfirmed.items()):
-            if (held.ended and held.final_settled and self._utterance is None
-                    and self.frames_seen - held.voice_end_frame >= hangover):
-                del self._unconfirmed[request_id]
-                self._send(self.topics.control, ControlMessage(action="release", request_id=request_id),
+    def _act(self, actions: list[Action]) -> None:
+        """Carry out what the turn detector decided."""
+        for action in actions:
+            if isinstance(action, Publish):
+                self._send_transcript(action.message, hold=action.hold)
+            elif isinstance(action, Cancel):
+                self._send(self.topics.control, ControlMessage(action="cancel", request_id=action.request_id),
                            QOS_AT_MOST_ONCE)
+            elif isinstance(action, Release):
+                self._send(self.topics.control, ControlMessage(action="release", request_id=action.request_id),
+                           QOS_AT_MOST_ONCE)
+            elif isinstance(action, EndUtterance):
+                log.debug("end of turn: %s", action.why)
+                self._end_now = True  # (the VAD ends the utterance after this frame)
+            elif isinstance(action, AskModel):
+                self._ask_turn_model(action.turn)
 
-    def _release_all(self) -> None:
-        """The input ended (a WAV file): nothing more will be said, every turn is over."""
-        for held in self._unconfirmed.values():
-            held.ended, held.voice_end_frame = True, -(10**9)
-        self._confirm_turns()
-
-    def _continue_preempted(self, utterance: _Utterance) -> None:
-        """Speech soon after an early end goes on with the same question: cancel the early answer before it plays,
-        and let this utterance carry the earlier words."""
-        preempted, self._preempted = self._preempted, None
-        if preempted is None or self.clock() - preempted.at > self.settings.continuation_s:
+    def _ask_turn_model(self, turn: Turn) -> None:
+        """Run the audio turn model beside the microphone loop (tens of ms on a Pi's core) on the utterance so far."""
+        utterance = self._utterance
+        if self.turn_model is None or utterance is None or utterance.turn is not turn or utterance.audio is None:
             return
-        self._withdraw(preempted.request_id)
-        utterance.prefix, utterance.replaces = preempted.text, preempted.request_id
-        self._continued_by[preempted.request_id] = utterance
-        while len(self._continued_by) > 4:  # (bounded: an entry lives until that utterance's final result)
-            self._continued_by.pop(next(iter(self._continued_by)))
+        pcm, model = b"".join(utterance.audio), self.turn_model
 
-    def _withdraw(self, request_id: str) -> None:
-        """The person went on after an early transcript (or the final result replaced it): its answer is cancelled
-        on the device before it plays."""
-        log.info("the early answer of %s is cancelled", request_id[-8:])
-        self._unconfirmed.pop(request_id, None)
-        self._withdrawn.append(request_id)
-        self._send(self.topics.control, ControlMessage(action="cancel", request_id=request_id), QOS_AT_MOST_ONCE)
+        async def ask() -> None:
+            verdict = await asyncio.to_thread(model.predict, pcm)
+            self.turn_model_seconds.append(verdict.seconds)
+            self.turns.model_verdict(turn, verdict.complete)
+
+        self._in_background(ask())
 
     async def _abort_utterance(self) -> None:
         utterance, self._utterance = self._utterance, None
+        self.turns.aborted(utterance.turn if utterance else None)
+        self._end_now = False
         if utterance:
             await utterance.transcriber.abort()
         self.vad.reset()
@@ -508,20 +450,12 @@ class Interpreter:
 
     # -- output ------------------------------------------------------------------------------------------------------
 
-    def _send_transcript(self, message: TranscriptMessage, *, unconfirmed_end: int | None = None,
-                         final: bool = True) -> None:
-        """Publish a transcript. A completed one whose turn is not confirmed yet (``unconfirmed_end``: the frame the
-        voice stopped at) is held on the device first: generated now, heard only once the turn is over. ``final``:
-        it carries the recognizer's final result (not a preemptive guess)."""
-        if message.state == "completed" and unconfirmed_end is not None:
-            hangover = self.settings.vad.frames(self.settings.vad.hangover_ms)
-            if not final or self.frames_seen - unconfirmed_end < hangover:
-                self._send(self.topics.control, ControlMessage(action="hold", request_id=message.request_id),
-                           QOS_AT_MOST_ONCE)
-                self._unconfirmed[message.request_id] = _Unconfirmed(unconfirmed_end, ended=final,
-                                                                     final_settled=final)
-                while len(self._unconfirmed) > 8:  # (bounded: a turn settles within seconds)
-                    self._unconfirmed.pop(next(iter(self._unconfirmed)))
+    def _send_transcript(self, message: TranscriptMessage, *, hold: bool = False) -> None:
+        """Publish a transcript; ``hold``: its turn is not confirmed yet, so the player holds the answer (generated
+        now, heard only once the turn is over: ``release``)."""
+        if hold:
+            self._send(self.topics.control, ControlMessage(action="hold", request_id=message.request_id),
+                       QOS_AT_MOST_ONCE)
         self.published.append(message)
         if self.on_transcript is not None:
             self.on_transcript(message)
@@ -554,14 +488,3 @@ class Interpreter:
         self.outbox.send(topic, encode(message), qos)
 
 
-def _words(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _letters(text: str) -> str:
-    """What was said, without spacing and punctuation (a final that only adds "?" says the same)."""
-    return "".join(c for c in text if c.isalnum())
-
-
-def _joined(prefix: str, text: str) -> str:
-    return _words(f"{prefix} {text}")

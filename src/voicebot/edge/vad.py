@@ -2,7 +2,8 @@
 recognizer while nobody speaks (the source blog streamed 24 hours a day).
 
 An utterance starts when enough of the recent frames are voiced; it begins with a pre-roll of the frames before the
-start (so the first syllable is not lost) and ends after a hangover of silence or at the maximum length.
+start (so the first syllable is not lost) and ends after a hangover of silence or at the maximum length, or when the
+turn detector (edge/turn.py) ends it sooner (``end``).
 """
 
 from __future__ import annotations
@@ -31,12 +32,16 @@ class VadSettings:
     start_ms: int = 120
     """Voiced audio needed within the start window before an utterance starts (clicks and pops are shorter)."""
     max_utterance_s: float = 15.0
+    end_of_turn: str = "text"
+    """What may end a turn before the hangover (edge/turn.py): hangover | text | audio | both."""
     early_end_ms: int = 250
-    """Silence that ends the turn when the words so far sound finished (``early_end``); 0: always the hangover."""
+    """Silence that ends the turn when the words so far sound finished (the text cue); 0: the text cue is off."""
     preempt_ms: int = 60
     """Silence after finished-sounding words at which the transcript goes out before the turn has ended, so the
     answer is being written during the rest of the wait (speech before the turn ends withdraws it). Only with an
     early end; 0: the transcript goes out at the early end."""
+    turn_model_ms: int = 180
+    """Silence after which the audio turn model (Smart Turn v3) is asked whether the turn is over (audio, both)."""
     quiet_margin_db: float = 10.0
     """For that silence, a frame within this much of the room's noise floor (learnt from the unvoiced frames between
     utterances) counts as silent even while webrtcvad still calls it speech: webrtcvad smooths its verdict and goes on
@@ -63,7 +68,7 @@ class SpeechAudio:
 
 @dataclass(frozen=True)
 class SpeechEnded:
-    reason: str  # "silence" | "early" (a short silence after finished-sounding words) | "max length" | "flush"
+    reason: str  # "silence" | "early" (the turn detector ended it) | "max length" | "flush"
     trailing_silence_ms: int
 
 
@@ -127,9 +132,6 @@ class VadGate:
         self._start_window = s.frames(s.start_ms) * 2
         self._start_needed = s.frames(s.start_ms)
         self._hangover = s.frames(s.hangover_ms)
-        self._early = s.frames(s.early_end_ms) if s.early_end_ms > 0 else self._hangover
-        self.early_end = False
-        """Set by whoever hears the words (the interpreter): they sound finished, so a short silence ends the turn."""
         self._max_frames = s.frames(s.max_utterance_s * 1000)
         self.in_speech = False
         self.last_voiced = False
@@ -172,7 +174,6 @@ class VadGate:
     def reset(self) -> None:
         self._preroll.clear()
         self.in_speech = False
-        self.early_end = False
         self._silent_run = self._quiet_run = 0
         self._length = 0
 
@@ -202,8 +203,6 @@ class VadGate:
         events: list[VadEvent] = [SpeechAudio(frame)]
         if self._silent_run >= self._hangover:
             events.append(self._end("silence"))
-        elif self.early_end and self._silent_run >= self._early:
-            events.append(self._end("early"))
         elif self._length >= self._max_frames:
             events.append(self._end("max length"))
         return events
@@ -218,7 +217,16 @@ class VadGate:
     def flush(self) -> list[VadEvent]:
         return [self._end("flush")] if self.in_speech else []
 
+    @property
+    def voice_pending(self) -> bool:
+        """Between utterances: voiced frames within the start window, so an utterance may be about to start."""
+        return not self.in_speech and any(v for _, v in list(self._preroll)[-self._start_window:])
+
+    def end(self) -> list[VadEvent]:
+        """The turn detector decided the turn is over before the hangover: end the utterance now ("early")."""
+        return [self._end("early")] if self.in_speech else []
+
     def _end(self, reason: str) -> SpeechEnded:
         silence = self._silent_run * self.settings.frame_ms
-        self.in_speech, self._silent_run, self._quiet_run, self._length, self.early_end = False, 0, 0, 0, False
+        self.in_speech, self._silent_run, self._quiet_run, self._length = False, 0, 0, 0
         return SpeechEnded(reason, silence)
