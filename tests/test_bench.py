@@ -23,7 +23,7 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "voicebot.cli", "bench", "--turns", "2", "--devices", "5", "--fleet-turns", "1",
          "--skip-footprint", "--ttft-ms", "100", "--tokens-per-s", "200", "--audio-ms-per-char", "4",
-         "--eos-turns", "2", "--skip-eos-vosk",
+         "--eos-turns", "2", "--skip-eos-vosk", "--stt-lags-ms", "0,800",
          "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,13 +43,23 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert png.stat().st_size > 20_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "pipeline overhead" in proc.stdout and "ttfa ratio" in proc.stdout
     eos = r["end_of_speech"]
-    assert eos["early_end"]["turns"] == 2 and eos["hangover_only"]["turns"] == 2
-    # the early end sends the transcript sooner after the end of speech than the hangover does, and a recognizer
-    # that shows its words later makes it later
-    assert eos["early_end"]["p50"]["transcript"] < eos["hangover_only"]["p50"]["transcript"]
-    assert eos["early_end"]["p50"]["transcript"] < eos["slow_stt_early_end"]["p50"]["transcript"]
-    assert 0 < eos["early_end"]["p50"]["floor_ms"] < eos["early_end"]["p50"]["first_playing"]
-    assert "end of speech -> first audio" in proc.stdout and "waterfall p50 (ms), on: transcript" in proc.stdout
+    lags = eos["by_partial_lag_ms"]
+    assert set(lags) == {"0", "800"} and eos["default_mode"] == "both"
+    for lag in lags.values():
+        assert set(lag) == {"hangover", "text", "audio", "both", "default"} and lag["default"] == lag["both"]
+        assert all(mode["turns"] == 2 and mode["p50"] is not None and mode["p95"] >= mode["p50"]
+                   for mode in lag.values())
+    # the text cue sends the transcript sooner than the hangover with a recognizer that shows the words at once, and
+    # a recognizer that shows them 800 ms late takes that gain away; the audio model does not need the words
+    assert lags["0"]["text"]["transcript_p50"] < lags["0"]["hangover"]["transcript_p50"]
+    assert lags["800"]["text"]["transcript_p50"] > lags["0"]["text"]["transcript_p50"] + 400
+    assert lags["800"]["audio"]["transcript_p50"] < lags["800"]["text"]["transcript_p50"]
+    assert 0 < eos["floor_ms"] < lags["0"]["both"]["p50"]
+    assert eos["turn_model_decision_ms"]["decisions"] > 0
+    assert eos["cloud_projection"]["projected_p50_ms"] > eos["cloud_projection"]["measured_p50_ms"]
+    assert all(h["kind"] in ("quoted", "assumed") and h["source"] for h in eos["cloud_projection"]["hops"])
+    assert "by recognizer partial lag" in proc.stdout and "waterfall p50 (ms): transcript" in proc.stdout
+    assert (tmp_path / "bench-end-of-turn.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_the_synthetic_recognizer_shows_only_the_words_already_spoken():

@@ -74,16 +74,18 @@ class TranscribeLike:
 
     name = "scripted-transcribe"
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, lag_s: float = 0.0) -> None:
         self.script = script
+        self.lag_s = lag_s  # each partial this much later still (a recognizer slow to show the words)
 
     async def open(self) -> Session:
-        return Session(self.script)
+        return Session(self.script, self.lag_s)
 
 
 class Session:
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, lag_s: float = 0.0) -> None:
         self.script = script
+        self.lag_s = lag_s
         self.since = max(0, script.delivered - PREROLL - VadSettings().frames(VadSettings().start_ms))
         self.heard_until = self.since
         self.queue: asyncio.Queue[SttResult | None] = asyncio.Queue()
@@ -92,7 +94,7 @@ class Session:
 
     def _tick(self) -> None:
         if text := self.script.said(self.since, self.heard_until):
-            self.queue.put_nowait(SttResult(text, final=False))
+            self.loop.call_later(self.lag_s, self.queue.put_nowait, SttResult(text, final=False))
         self.ticker = self.loop.call_later(0.15, self._tick)
 
     async def send(self, pcm: bytes) -> None:
@@ -179,6 +181,21 @@ def test_a_pause_after_a_finished_clause_gives_one_answer_to_the_whole_question(
     assert all(m.request_id not in playing for m in early)  # nothing of an early answer
     if early:  # the whole question replaces the early one, exactly once
         assert whole.replaces == early[-1].request_id and len({m.replaces for m in done if m.replaces}) == len(early)
+
+
+@pytest.mark.parametrize("pause_s", [0.3, 0.6])
+def test_a_lagging_recognizer_and_the_audio_model_still_give_one_answer_to_the_whole_question(pause_s, broker,
+                                                                                              connect, topics,
+                                                                                              tmp_path):
+    """Partials 800 ms late: the audio turn model (the default, both) ends each utterance long before the words are
+    shown; the early request goes out from the final result or the late words, is held, and is withdrawn when the
+    person goes on."""
+    frames, script = question(pause_s)
+    observer = converse(broker, connect, topics, tmp_path, TranscribeLike(script, lag_s=0.8), frames, script, 0.6)
+    done, playing, finished = heard(observer, topics)
+    whole = done[-1]
+    assert whole.text.rstrip("?") == f"{FIRST} {SECOND}"
+    assert playing == {whole.request_id} and whole.request_id in finished
 
 
 @pytest.mark.parametrize("pause_s", [0.3, 0.6])

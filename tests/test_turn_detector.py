@@ -213,13 +213,19 @@ def test_an_incomplete_verdict_leaves_the_hangover_to_end_the_turn():
     assert r.pause(120) and not r.of(EndUtterance)  # 700 ms: the hangover
 
 
-def test_both_lets_the_words_decide_when_they_were_shown_after_the_voice():
-    r = Run("both")
-    r.speak(900)
-    r.pause(30)
-    r.partial("오늘 날씨가 좋은데")  # all of the words, and they go on
-    assert not r.pause(600)
-    assert not r.of(AskModel) and not r.of(EndUtterance)
+def test_both_ends_on_whichever_says_first_that_the_turn_is_over():
+    words = Run("both")
+    words.speak(900)
+    words.pause(30)
+    words.partial("오늘 날씨 어때요")
+    assert words.pause(240) and words.of(EndUtterance)[0].why == "the words sound finished"
+    model = Run("both")
+    model.speak(900)
+    model.pause(30)
+    model.partial("오늘 날씨가 좋은데")  # words that go on: the model still decides
+    model.pause(120)
+    model.det.model_verdict(model.of(AskModel)[0].turn, True)
+    assert model.pause(30) and model.of(EndUtterance)[0].why != "the words sound finished"
 
 
 def test_hangover_mode_never_ends_early_and_holds_nothing():
@@ -254,3 +260,23 @@ def test_held_answers_are_bounded():
         r.pause(60)
         r.speak(30)  # (the held answers' turns never end: a new utterance starts each time)
     assert len(r.det._held) <= 8
+
+
+def test_words_shown_after_the_model_ended_the_turn_go_out_before_the_final():
+    """A lagging recognizer still shows the last words after the stream was ended: all of them, finished-sounding,
+    they need not wait for the final result (which then only confirms them)."""
+    r = Run("both")
+    r.speak(900)
+    r.partial("내일 비가")  # stale
+    r.pause(150)
+    r.det.model_verdict(r.of(AskModel)[0].turn, True)
+    turn = r.turn
+    assert r.pause(30) and not r.completed()
+    r.now += 200
+    r.actions += r.det.partial(turn, "내일 비가 올까요", r.now)
+    [early] = r.completed()
+    assert early.hold and early.message.text == "내일 비가 올까요"
+    r.final(turn, "내일 비가 올까요?")
+    assert len(r.completed()) == 1 and not r.of(Cancel)
+    r.pause(600)
+    assert [a.request_id for a in r.of(Release)] == [early.message.request_id]

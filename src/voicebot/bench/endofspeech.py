@@ -8,9 +8,10 @@ ends; then the local stack with the synthetic model and TTS, and a player paced 
 once its first sentence plays (the next question follows). The end of speech is known from the audio itself: its
 last voiced sample.
 
-Run with the Korean-aware end of turn on (the default: early end + preemptive transcript) and off (hangover only),
-side by side, and on again with a recognizer slower to show the words. The floor is what no pipeline can avoid: the
-model's first sentence and its TTS."""
+Swept over the recognizer's partial lag (0, 300, 500, 800 ms: how much later than the audio it shows each word) with
+the four ways a turn may end (edge/turn.py: hangover, text, audio, both) side by side, the four at once on the same
+stack for each lag; then the default with the real Vosk. The floor is what no pipeline can avoid: the model's time to
+the first piece the chat releases (a first clause, or a sentence) and that piece's TTS."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,8 @@ from voicebot.bench.stats import pct
 from voicebot.bench.turns import ROOT, Device, Stack, Turn
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import SttResult
+from voicebot.edge.turn import MODES
+from voicebot.edge.turn_model import SmartTurnModel
 from voicebot.edge.vad import VadSettings
 from voicebot.messaging import ConnectionSettings, Mqtt5Transport
 from voicebot.protocol import QOS_AT_MOST_ONCE, ControlMessage, Topics, encode
@@ -189,12 +192,45 @@ class EosTurn:
     stages: dict[str, float] = field(default_factory=dict)
 
 
-async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, preempt_ms: int, turns: int,
-                   recognizer: dict[str, float], stt: Any = None, label: str = "") -> list[EosTurn]:
+LAGS_MS = (0, 300, 500, 800)
+
+
+@dataclass(frozen=True)
+class Hop:
+    name: str
+    ms: float
+    kind: str  # "quoted" (a published figure) or "assumed" (none is published: our estimate, said so)
+    source: str
+
+
+#: What the AWS deployment adds to the local stack's path (the local stack already waits the synthetic model's
+#: time to first token and the synthetic TTS's service time, which stand for Bedrock's and Polly's). Each figure is
+#: quoted with its source, or marked as an assumption where nothing is published.
+CLOUD_HOPS = (
+    Hop("device -> IoT Core -> rule -> chat Lambda (asynchronous invoke)", 100, "assumed",
+        "AWS documents the rule's Lambda action as an asynchronous (queued) invocation and publishes no latency: "
+        "https://docs.aws.amazon.com/iot/latest/developerguide/lambda-rule-action.html"),
+    Hop("Bedrock Claude Haiku 4.5 time to first token beyond the bench's 600 ms (global profile from Seoul)", 0,
+        "quoted", "third-party p50 200 ms / p95 600 ms for Haiku 4.5 (jeremylongshore/claude-code-plugins-plus-"
+                  "skills, clade-performance-tuning); the bench already waits 600 ms (--ttft-ms), its p95"),
+    Hop("chat Lambda -> IoT Core -> rule -> speech Lambda (asynchronous invoke)", 100, "assumed",
+        "as above: an asynchronous invocation, no published latency"),
+    Hop("Polly first byte beyond the bench's synthetic TTS (120 ms + 2 ms per letter)", 0, "quoted",
+        "third-party: 100 ms to 1 s by request size (play.ht, amazon-text-to-speech-latency); a first clause is "
+        "short: the synthetic 140 ms stands"),
+    Hop("speech Lambda -> IoT Core -> device (MQTT publish)", 30, "assumed",
+        "one broker hop in-region plus the Pi's uplink in Korea; not published"),
+)
+
+
+async def run_mode(stack: Stack, spoken: list[Spoken], *, vad: VadSettings, turns: int, recognizer: dict[str, float],
+                   stt: Any = None, label: str = "", turn_model: SmartTurnModel | None = None,
+                   decisions: list[float] | None = None) -> list[EosTurn]:
     """``turns`` questions through the interpreter, one after the other, each cut short once it starts to play.
-    ``stt``: a real recognizer instead of the synthetic one (Vosk)."""
+    ``stt``: a real recognizer instead of the synthetic one (Vosk). ``decisions`` gets the audio model's decision
+    times."""
     script = Script()
-    thing = f"eos-{label or early_end_ms}"
+    thing = f"eos-{label or vad.end_of_turn}"
     topics = Topics(ROOT, thing)
     device = Device(stack.broker.url, thing, stack.observations)
     await device.start()
@@ -224,8 +260,7 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, pre
                     w.cancel()
 
     interpreter = Interpreter(transport, topics, mic, stt or SyntheticRecognizer(script, **recognizer),
-                              InterpreterSettings(vad=VadSettings(early_end_ms=early_end_ms, preempt_ms=preempt_ms)),
-                              on_transcript=on_transcript)
+                              InterpreterSettings(vad=vad), on_transcript=on_transcript, turn_model=turn_model)
     stop = asyncio.Event()
     task = asyncio.create_task(interpreter.run(stop))
     results: list[EosTurn] = []
@@ -252,18 +287,21 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, early_end_ms: int, pre
         await task
         await device.close()
         transport.close()
+        if decisions is not None:
+            decisions.extend(interpreter.turn_model_seconds)
     return results
 
 
-def waterfall(rows: list[EosTurn], model: Any, tts: Any) -> dict[str, Any]:
-    """Per turn: ms from the true end of speech to each stage; p50/p95 and the floor ratio. The floor is the model's
-    first *sentence* and its TTS (the service time), whatever the chat released first."""
+def waterfall(rows: list[EosTurn], model: Any, tts: Any, first_clause_chars: int = 0) -> dict[str, Any]:
+    """Per turn: ms from the true end of speech to each stage; p50/p95 and the floor ratio. The floor is the service
+    time actually waited for: the model's time to the first piece the chat released (its first clause when the chat
+    splits one off: ``first_clause_chars``) and that piece's TTS."""
     per_turn = []
     for r in rows:
         t = r.turn
         call = model.call(t.question, t.chat[0]) if t.chat else None
         first = min(t.playing) if t.playing else None
-        sentence = call.first_piece() if call is not None else None
+        sentence = call.first_piece(first_clause_chars) if call is not None else None
         if first is None or sentence is None or not t.tts_first or t.chat is None:
             continue
         ms = lambda x, end=r.speech_end: round((x - end) * 1000, 1)  # noqa: E731
@@ -283,28 +321,58 @@ def waterfall(rows: list[EosTurn], model: Any, tts: Any) -> dict[str, Any]:
             "median_floor_ms": statistics.median([v["floor_ms"] for v in per_turn]) if per_turn else None}
 
 
-def measure(stack: Stack, *, turns: int, early_end_ms: int, partial_every_s: float, partial_lag_s: float,
-            final_delay_s: float, preempt_ms: int = VadSettings.preempt_ms, slow_lag_s: float = 0.0,
-            vosk: bool = False) -> dict:
-    """Both modes on the same stack: the Korean-aware early end (with preemptive transcripts) and the hangover only;
-    with ``slow_lag_s``, the early end once more with a recognizer that shows each partial that much later; with
-    ``vosk``, once more with the real Vosk recognizer on the device's CPU."""
+def measure(stack: Stack, *, turns: int, vad: VadSettings, partial_every_s: float, final_delay_s: float,
+            lags_ms: tuple[int, ...] = LAGS_MS, first_clause_chars: int = 0, vosk: bool = False) -> dict:
+    """End of speech -> first audio for each partial lag and each way a turn may end (the four modes at once, each a
+    device of its own on the same stack); ``vad.end_of_turn`` is the default, reported as ``"default"`` too; with
+    ``vosk``, the default once more with the real Vosk recognizer on this CPU (its own lag, whatever it is)."""
     spoken = [speak(q) for q in QUESTIONS]
-    recognizer = {"partial_every_s": partial_every_s, "partial_lag_s": partial_lag_s, "final_delay_s": final_delay_s}
-    runs: list[tuple[str, int, dict[str, float], Any]] = [
-        ("early_end", early_end_ms, recognizer, None), ("hangover_only", 0, recognizer, None)]
-    if slow_lag_s:
-        runs.append(("slow_stt_early_end", early_end_ms, {**recognizer, "partial_lag_s": partial_lag_s + slow_lag_s},
-                     None))
+    model = SmartTurnModel()  # (one session for all: onnxruntime runs are thread-safe)
+    decisions: list[float] = []
+    by_lag: dict[str, dict[str, Any]] = {}
+
+    async def sweep(lag_ms: int) -> list[list[EosTurn]]:
+        recognizer = {"partial_every_s": partial_every_s, "partial_lag_s": lag_ms / 1000,
+                      "final_delay_s": final_delay_s}
+        return await asyncio.gather(*[
+            run_mode(stack, spoken, vad=replace(vad, end_of_turn=mode), turns=turns, recognizer=recognizer,
+                     label=f"{mode}-{lag_ms}", turn_model=model, decisions=decisions) for mode in MODES])
+
+    for lag in lags_ms:
+        runs = asyncio.run(sweep(lag))
+        modes = {mode: summary(waterfall(rows, stack.model, stack.tts, first_clause_chars))
+                 for mode, rows in zip(MODES, runs, strict=True)}
+        by_lag[str(lag)] = {**modes, "default": modes[vad.end_of_turn]}
+    result: dict[str, Any] = {"by_partial_lag_ms": by_lag, "default_mode": vad.end_of_turn}
     if vosk:
         from voicebot.edge.stt import VoskBackend
 
-        runs.append(("vosk_early_end", early_end_ms, recognizer, VoskBackend()))
-    result: dict[str, Any] = {}
-    for name, ms, timing, stt in runs:
-        rows = asyncio.run(run_mode(stack, spoken, early_end_ms=ms, preempt_ms=preempt_ms, turns=turns,
-                                    recognizer=timing, stt=stt, label=name))
-        result[name] = waterfall(rows, stack.model, stack.tts)
-    result["parameters"] = {"early_end_ms": early_end_ms, "preempt_ms": preempt_ms, "turns": turns,
-                            "slow_lag_s": slow_lag_s, **recognizer}
+        rows = asyncio.run(run_mode(stack, spoken, vad=vad, turns=turns, recognizer={}, stt=VoskBackend(),
+                                    label="vosk", turn_model=model, decisions=decisions))
+        result["vosk"] = summary(waterfall(rows, stack.model, stack.tts, first_clause_chars))
+    floors = [row["floor_ms"] for lag in by_lag.values() for mode in MODES for row in lag[mode]["waterfall"]["rows"]]
+    result["floor_ms"] = round(statistics.median(floors), 1) if floors else None
+    result["turn_model_decision_ms"] = {"p50": pct([d * 1000 for d in decisions], 0.5),
+                                        "p95": pct([d * 1000 for d in decisions], 0.95), "decisions": len(decisions)}
+    result["parameters"] = {"turns": turns, "early_end_ms": vad.early_end_ms, "preempt_ms": vad.preempt_ms,
+                            "turn_model_ms": vad.turn_model_ms, "hangover_ms": vad.hangover_ms,
+                            "partial_every_s": partial_every_s, "final_delay_s": final_delay_s,
+                            "lags_ms": list(lags_ms), "first_clause_chars": first_clause_chars}
     return result
+
+
+def projection(eos: dict[str, Any], lag_ms: int = 500) -> dict[str, Any]:
+    """The default's measured p50 at a realistic recognizer lag (the measured one nearest ``lag_ms``) plus the hops the
+    local stack does not have."""
+    lag_ms = min((int(lag) for lag in eos["by_partial_lag_ms"]), key=lambda lag: abs(lag - lag_ms), default=lag_ms)
+    measured = eos["by_partial_lag_ms"].get(str(lag_ms), {}).get("default", {}).get("p50")
+    added = sum(h.ms for h in CLOUD_HOPS)
+    return {"lag_ms": lag_ms, "measured_p50_ms": measured, "added_ms": added,
+            "projected_p50_ms": round(measured + added, 1) if measured is not None else None,
+            "hops": [{"name": h.name, "ms": h.ms, "kind": h.kind, "source": h.source} for h in CLOUD_HOPS]}
+
+
+def summary(w: dict[str, Any]) -> dict[str, Any]:
+    """One mode at one lag: p50/p95 of end of speech -> first audio playing, and its whole waterfall."""
+    return {"p50": w["p50"]["first_playing"], "p95": w["p95"]["first_playing"], "turns": w["turns"],
+            "transcript_p50": w["p50"]["transcript"], "ratio_p50": w["p50"]["ratio"], "waterfall": w}

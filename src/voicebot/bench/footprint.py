@@ -100,9 +100,13 @@ def _run(cmd: list[str], *, until_ready: threading.Event | None = None, drive=No
     return ProcessUse(peak[0] / 1024, usage.ru_utime + usage.ru_stime, time.monotonic() - start, "".join(err_lines))
 
 
-def interpreter_footprint(broker_url: str, wav: Path, stt: str) -> dict[str, float]:
+def interpreter_footprint(broker_url: str, wav: Path, stt: str, end_of_turn: str | None = None) -> dict[str, float]:
+    """One interpreter process over the WAV input: peak RSS, CPU per second of audio. ``end_of_turn``: text keeps
+    the audio turn model (Smart Turn v3) out; the default loads it."""
     cmd = [sys.executable, "-m", "voicebot.cli", "interpreter", "--broker", broker_url, "--topic-root", "benchfp",
-           "--thing", f"fp-{stt}", "--source", f"wav:{wav}", "--stt", stt]
+           "--thing", f"fp-{stt}-{end_of_turn or 'default'}", "--source", f"wav:{wav}", "--stt", stt]
+    if end_of_turn:
+        cmd += ["--end-of-turn", end_of_turn]
     use = _run(cmd)
     m = re.search(r"interpreter: (\d+) utterances; ([\d.]+) s of ([\d.]+) s heard", use.stderr)
     if not m:
@@ -189,6 +193,8 @@ def measure(broker_url: str, *, minutes: float) -> dict[str, object]:
         speech_s = long_input(wav, minutes=minutes)
         vosk = interpreter_footprint(broker_url, wav, "vosk")
         vad_only = interpreter_footprint(broker_url, wav, "none")
-    return {"interpreter_vosk": vosk, "interpreter_transcribe_shaped": vad_only, "player": player_footprint(broker_url),
+        no_model = interpreter_footprint(broker_url, wav, "none", "text")
+    return {"interpreter_vosk": vosk, "interpreter_transcribe_shaped": vad_only,
+            "interpreter_transcribe_shaped_without_turn_model": no_model, "player": player_footprint(broker_url),
             "long_input": {"minutes": minutes, "speech_seconds": round(speech_s, 2)},
             "real_backends": real_backends()}

@@ -23,6 +23,8 @@ from voicebot.bench.progress import BenchProgress
 from voicebot.bench.stats import pct
 from voicebot.bench.synthetic import ANSWER, SyntheticChatModel
 from voicebot.bench.turns import BackendSettings, Turn, fleet_turns, sequential_turns, start_stack
+from voicebot.edge.turn import MODES
+from voicebot.edge.vad import VadSettings
 from voicebot.sentences import SentenceSplitter
 
 EOS_STAGES = [("transcript", "transcript"), ("chat_invoked", "chat"), ("first_token", "token"),
@@ -69,9 +71,13 @@ def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int, firs
 PHASE_SECONDS = {"start": 1.0, "turn": 8.0, "fleet_round": 10.0, "eos_turn": 4.3, "footprint": 19.0}
 
 
+def lags_of(args: argparse.Namespace) -> tuple[int, ...]:
+    return tuple(int(v) for v in str(args.stt_lags_ms).split(",") if v.strip())
+
+
 def estimate_phases(args: argparse.Namespace, turns: int, fleet_rounds: int, eos_turns: int) -> dict[str, float]:
     """Estimated seconds per phase, for the progress bar's time left (see PHASE_SECONDS)."""
-    eos_modes = 2 + (args.stt_slow_lag_ms > 0) + (not args.skip_eos_vosk)
+    eos_modes = len(lags_of(args)) + (not args.skip_eos_vosk)  # (the four ways to end a turn run at once per lag)
     return {
         "start": PHASE_SECONDS["start"],
         "streaming turns": turns * PHASE_SECONDS["turn"],
@@ -111,11 +117,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         eos = None
         if eos_turns:
             with progress.phase("end of speech"):
+                vad = VadSettings(early_end_ms=args.early_end_ms, preempt_ms=args.preempt_ms,
+                                  end_of_turn=args.end_of_turn, turn_model_ms=args.turn_model_ms)
                 eos = endofspeech.measure(
-                    stack, turns=eos_turns, early_end_ms=args.early_end_ms, preempt_ms=args.preempt_ms,
-                    partial_every_s=args.stt_partial_every_ms / 1000, partial_lag_s=args.stt_partial_lag_ms / 1000,
-                    final_delay_s=args.stt_final_ms / 1000, slow_lag_s=args.stt_slow_lag_ms / 1000,
-                    vosk=not args.skip_eos_vosk)
+                    stack, turns=eos_turns, vad=vad, partial_every_s=args.stt_partial_every_ms / 1000,
+                    final_delay_s=args.stt_final_ms / 1000, lags_ms=lags_of(args),
+                    first_clause_chars=stack.cloud.chat.settings.first_clause_chars, vosk=not args.skip_eos_vosk)
+                eos["cloud_projection"] = endofspeech.projection(eos)
         foot = None
         if not args.skip_footprint:
             with progress.phase("footprint"):
@@ -210,34 +218,38 @@ def table(r: dict[str, Any]) -> str:
             f"{r['load']['process_cpu_percent']} / {r['load']['broker_cpu_percent']}"),
     ]
     if eos:
-        on, off = eos["early_end"], eos["hangover_only"]
-        lines += [
-            row("end of speech -> first audio p50 / p95 (ms), early end + preemption",
-                f"{on['p50']['first_playing']} / {on['p95']['first_playing']}",
-                f"target {TARGETS['eos_p50_ms']} / {TARGETS['eos_p95_ms']}"),
-            row("  same, hangover only (early end and preemption off)",
-                f"{off['p50']['first_playing']} / {off['p95']['first_playing']}"),
-            *[f"    waterfall p50 (ms), {name}: " + " -> ".join(
-                f"{label} {mode['p50'][key]:.0f}" for key, label in EOS_STAGES if mode["p50"][key] is not None)
-              for name, mode in (("on", on), ("off", off))],
-            row("  transcript out after end of speech p50 (ms)",
-                f"{on['p50']['transcript']} / {off['p50']['transcript']}", "on / off"),
-            row("  ratio to the floor p50 (floor ms)", f"{on['p50']['ratio']} / {off['p50']['ratio']} "
-                f"({on['median_floor_ms']:.0f})", f"target <= {TARGETS['eos_floor_ratio_p50']}"),
-        ]
-        if eos.get("slow_stt_early_end"):
-            v = eos["slow_stt_early_end"]
-            lag = round(eos["parameters"]["slow_lag_s"] * 1000)
-            lines.append(row(f"  same, partials {lag} ms later p50 / p95 (ms)",
-                             f"{v['p50']['first_playing']} / {v['p95']['first_playing']}"))
-        if eos.get("vosk_early_end"):
-            v = eos["vosk_early_end"]
-            lines.append(row("  same with Vosk (on this CPU) p50 / p95 (ms)",
-                             f"{v['p50']['first_playing']} / {v['p95']['first_playing']}"))
+        default = eos["default_mode"]
+        lines.append(f"  end of speech -> first audio p50 / p95 (ms) by recognizer partial lag; default: {default}")
+        lines.append("  " + f"{'lag (ms)':<12}" + "".join(f"{m:>18}" for m in MODES))
+        for lag, modes in eos["by_partial_lag_ms"].items():
+            lines.append("  " + f"{lag:<12}" + "".join(f"{modes[m]['p50']!s:>9}/{modes[m]['p95']!s:<8}" for m in MODES))
+        zero = eos["by_partial_lag_ms"].get("0", {}).get("default")
+        if zero:
+            lines += [
+                row("end of speech -> first audio p50 / p95 (ms), default, lag 0", f"{zero['p50']} / {zero['p95']}",
+                    f"target {TARGETS['eos_p50_ms']} / {TARGETS['eos_p95_ms']}"),
+                "    waterfall p50 (ms): " + " -> ".join(
+                    f"{label} {zero['waterfall']['p50'][key]:.0f}" for key, label in EOS_STAGES
+                    if zero["waterfall"]["p50"][key] is not None),
+                row("  ratio to the floor p50 (floor ms)", f"{zero['ratio_p50']} ({eos['floor_ms']:.0f})",
+                    f"target <= {TARGETS['eos_floor_ratio_p50']}"),
+            ]
+        if eos.get("vosk"):
+            v = eos["vosk"]
+            lines.append(row("  default with Vosk (on this CPU) p50 / p95 (ms)", f"{v['p50']} / {v['p95']}"))
+        d = eos["turn_model_decision_ms"]
+        lines.append(row("  audio turn model decision p50 / p95 (ms)", f"{d['p50']} / {d['p95']}"))
+        c = eos.get("cloud_projection")
+        if c:
+            lines.append(row("  projected on AWS (lag {lag} ms) p50 (ms)".format(lag=c["lag_ms"]),
+                             c["projected_p50_ms"], "(measured + quoted hops)"))
     if f:
         vosk, vad = f["interpreter_vosk"], f["interpreter_transcribe_shaped"]
         lines += [
             row("interpreter RSS: Vosk / Transcribe-shaped (MB)", f"{vosk['rss_mb']} / {vad['rss_mb']}"),
+            row("  Transcribe-shaped without the audio turn model: RSS (MB) / CPU (%)",
+                f"{f['interpreter_transcribe_shaped_without_turn_model']['rss_mb']} / "
+                f"{f['interpreter_transcribe_shaped_without_turn_model']['cpu_percent_realtime']}"),
             row("interpreter CPU at real time: Vosk / VAD only (%)",
                 f"{vosk['cpu_percent_realtime']} / {vad['cpu_percent_realtime']}"),
             row("player RSS (MB)", f["player"]["rss_mb"]),
@@ -306,6 +318,33 @@ def plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_end_of_turn(eos: dict[str, Any], path: Path) -> None:
+    """End of speech -> first audio against the recognizer's partial lag, one line per way to end a turn (p50, with
+    the p95 as a band)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lags = [int(lag) for lag in eos["by_partial_lag_ms"]]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for mode, color in zip(MODES, ("tab:gray", "tab:blue", "tab:orange", "tab:green"), strict=True):
+        p50 = [eos["by_partial_lag_ms"][str(lag)][mode]["p50"] for lag in lags]
+        p95 = [eos["by_partial_lag_ms"][str(lag)][mode]["p95"] for lag in lags]
+        label = f"{mode} (default)" if mode == eos["default_mode"] else mode
+        ax.plot(lags, p50, marker="o", color=color, label=label, linewidth=2.5 if mode == eos["default_mode"] else 1.5)
+        ax.fill_between(lags, p50, p95, color=color, alpha=0.12)
+    ax.plot([0, 500, 800], [TARGETS["eos_p50_ms"], 1400, 1700], "kx", markersize=10, label="targets (p50)")
+    ax.set_xlabel("recognizer partial lag (ms): how much later than the audio it shows each word")
+    ax.set_ylabel("end of speech -> first audio (ms), p50 (line) to p95 (band)")
+    ax.set_title("when does the answer start? four ways to end a turn")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(args: argparse.Namespace) -> int:
     result = run(args)
     print(table(result))
@@ -315,4 +354,6 @@ def main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(result, ensure_ascii=False, indent=1))
     if args.plot:
         plot(result, args.plot)
+        if result.get("end_of_speech"):
+            plot_end_of_turn(result["end_of_speech"], args.plot.with_name(f"{args.plot.stem}-end-of-turn.png"))
     return 0

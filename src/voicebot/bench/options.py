@@ -35,8 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-ms-per-char", type=float, default=80, help="synthetic speech length per character")
     p.add_argument("--input-minutes", type=float, default=10, help="length of the long interpreter input")
     p.add_argument("--eos-turns", type=int, default=0,
-                   help="end-of-speech turns per mode, early end on and off (default 6 quick, 20 full; 0 with "
-                        "--skip-eos)")
+                   help="end-of-speech turns per mode and lag (default 6 quick, 20 full; 0 with --skip-eos)")
     p.add_argument("--skip-eos", action="store_true", help="skip the end-of-speech phase")
     p.add_argument("--skip-eos-vosk", action="store_true", help="in that phase, skip the run with the real Vosk")
     p.add_argument("--early-end-ms", type=int, default=interpreter.early_end_ms,
@@ -45,10 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the interpreter's PreemptMs in that phase")
     p.add_argument("--stt-partial-every-ms", type=float, default=150,
                    help="synthetic recognizer: a partial result this often (Transcribe: every 100-200 ms)")
-    p.add_argument("--stt-partial-lag-ms", type=float, default=0,
-                   help="synthetic recognizer: each partial this much later still (a recognizer slow to show words)")
-    p.add_argument("--stt-slow-lag-ms", type=float, default=150,
-                   help="run the early end once more with partials this much later (0: skip that run)")
+    p.add_argument("--stt-lags-ms", default="0,300,500,800",
+                   help="synthetic recognizer: the partial lags swept (each partial this much later than the audio "
+                        "it shows), comma-separated ms")
+    p.add_argument("--end-of-turn", choices=["hangover", "text", "audio", "both"], default=interpreter.end_of_turn,
+                   help="the interpreter's EndOfTurn reported as the default in that phase (all four are measured)")
+    p.add_argument("--turn-model-ms", type=int, default=interpreter.turn_model_ms,
+                   help="the interpreter's TurnModelMs in that phase")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
     p.add_argument("--skip-footprint", action="store_true", help="skip the memory and CPU phase")
     p.add_argument("--price-transcribe-per-min", type=float, default=UnitPrices.transcribe_per_min,

@@ -105,11 +105,11 @@ class InterpreterConfig(ComponentSettings):
     preroll_ms: int = Field(300, alias="PrerollMs", ge=0, le=2000)
     hangover_ms: int = Field(700, alias="HangoverMs", ge=100, le=5000)
     max_utterance_s: float = Field(15.0, alias="MaxUtteranceS", ge=1.0, le=120.0)
-    end_of_turn: Literal["hangover", "text", "audio", "both"] = Field("text", alias="EndOfTurn")
+    end_of_turn: Literal["hangover", "text", "audio", "both"] = Field("both", alias="EndOfTurn")
     """What may end a turn before HangoverMs (edge/turn.py): hangover (never early), text (the Korean text cue),
     audio (the Smart Turn v3 model on the last seconds of audio), both (text where the recognizer has shown the
     words, the model where it lags)."""
-    turn_model_ms: int = Field(180, alias="TurnModelMs", ge=60, le=2000)
+    turn_model_ms: int = Field(120, alias="TurnModelMs", ge=60, le=2000)
     """audio, both: silence after which the audio turn model is asked."""
     early_end_ms: int = Field(250, alias="EarlyEndMs", ge=0, le=2000)
     """Silence that ends a turn whose words sound finished ("...어때요"), sending its transcript at once; 0: off

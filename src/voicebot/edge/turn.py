@@ -16,8 +16,9 @@ How a turn ends (``EndOfTurn``):
 - ``audio``: Pipecat's Smart Turn v3 hears the last seconds of audio after ``turn_model_ms`` of silence (the model
   decides from the voice, not the words); "complete" ends the utterance at once, which makes the recognizer give its
   final result now instead of after the hangover.
-- ``both``: the text cue where the recognizer has shown the words after the voice stopped; where it has not (it lags),
-  the audio model. (Words shown before the voice stopped are stale: a particle in them says nothing about the end.)
+- ``both``: whichever of the two says first that the turn is over. (The text cannot veto the model: with a lagging
+  recognizer the words shown, even after the voice stopped, may be stale, and a particle in stale words says nothing
+  about the end.)
 
 Whatever ended the turn early, its answer is generated at once but held on the device until the end of the turn is
 confirmed (``hangover_ms`` of silence after the voice, no new utterance, the final result agreeing), so a person who
@@ -46,14 +47,14 @@ MODES: tuple[EndOfTurnMode, ...] = ("hangover", "text", "audio", "both")
 
 @dataclass(frozen=True)
 class TurnSettings:
-    mode: EndOfTurnMode = "text"
+    mode: EndOfTurnMode = "both"
     hangover_ms: int = 700
     early_end_ms: int = 250
     """``text``: silence that ends a turn whose words sound finished (0: the text cue is off)."""
     preempt_ms: int = 60
     """``text``: silence after finished-sounding words, shown after the voice stopped, at which the transcript goes
     out before the turn has ended (0: at the early end)."""
-    model_ms: int = 180
+    model_ms: int = 120
     """``audio``: silence after which the audio model is asked (once per pause)."""
     continuation_ms: int = 2000
     """Speech within this long after an early end continues that question."""
@@ -141,6 +142,7 @@ class Turn:
     ended_early: bool = False
     ended_by_text: bool = False
     """The text cue ended it: the words shown sound finished (even shown before the voice stopped, they stand)."""
+    final_seen: bool = False
 
     @property
     def words_complete(self) -> bool:
@@ -214,7 +216,7 @@ class TurnDetector:
                 turn.replaces = turn.request_id
                 turn.request_id, turn.preempted, turn.voiced_since = self.new_id(), None, 0
                 turn.last_partial = ""  # the new request gets its own partials
-        if s.uses_model and not turn.model_asked and silent_ms >= s.model_ms and not self._text_decides(turn):
+        if s.uses_model and not turn.model_asked and silent_ms >= s.model_ms:
             turn.model_asked = True
             actions.append(AskModel(turn))
         why = self._ends_now(turn, silent_ms if vad_silent_ms is None else vad_silent_ms)
@@ -245,14 +247,21 @@ class TurnDetector:
         return actions
 
     def aborted(self, turn: Turn | None) -> None:
+        """The utterance was dropped (the device started speaking, the microphone or recognizer failed): no more of
+        its words can come, so an answer held for it is settled by the usual rule, not left to lapse."""
         if turn is None or self.current is turn:
             self.current = None
+        held = self._held.get(turn.request_id) if turn is not None else None
+        if held is not None:
+            held.ended = held.final_settled = True  # (no final result will come: the words that went out stand)
 
     # -- the recognizer ---------------------------------------------------------------------------------------------
 
     def partial(self, turn: Turn, text: str, now: int) -> list[Action]:
-        if turn is not self.current or not text:
+        if not text:
             return []
+        if turn is not self.current:
+            return self._late_words(turn, text, now)
         turn.heard, turn.heard_at = text, now
         actions = self._maybe_preempt(turn, now, now - turn.voice_end) if turn.preempted is None else []
         if text != turn.last_partial and now - turn.last_partial_at >= 1000 / self.settings.max_partials_per_s:
@@ -261,11 +270,27 @@ class TurnDetector:
                                                      lang=self.settings.lang)))
         return actions
 
+    def _late_words(self, turn: Turn, text: str, now: int) -> list[Action]:
+        """Words the recognizer shows after the audio model ended the utterance (it lags the audio): if they are all
+        of them and sound finished, the transcript need not wait for the final result."""
+        if (not turn.ended_early or turn.final_seen or turn.preempted is not None or turn.request_id in self._withdrawn
+                or not self.settings.uses_text):
+            return []
+        turn.heard, turn.heard_at = text, now
+        if not (turn.words_complete and looks_finished(text)):
+            return []
+        if self._early is not None and self._early.request_id == turn.request_id:
+            self._early = _EarlyEnd(turn.request_id, _joined(turn.prefix, text), self._early.at)
+        actions = self._preempt(turn, now)
+        self._held[turn.request_id].ended = True
+        return actions
+
     def final(self, turn: Turn, text: str, now: int, *, speech_end_ts: int) -> list[Action]:
         """The recognizer's final result (in the order the utterances were said): the transcript, unless an early one
         already went out with the same words (then its held answer may play once the turn is confirmed); a final with
         other words replaces it, once, unless the person already went on from it."""
         rid = turn.request_id
+        turn.final_seen = True
         if rid in self._withdrawn:
             # The person went on: the next turn carries the whole question, once, and starts with these words as the
             # recognizer finally heard them (the early guess may have missed the last ones).
@@ -327,16 +352,11 @@ class TurnDetector:
 
     # -- decisions --------------------------------------------------------------------------------------------------
 
-    def _text_decides(self, turn: Turn) -> bool:
-        """``both``: the words shown after the voice stopped decide; the model only where the recognizer lags."""
-        return self.settings.mode == "both" and self.settings.early_end_ms > 0 and turn.words_complete
-
     def _ends_now(self, turn: Turn, silent_ms: int) -> str:
         s = self.settings
-        if s.uses_text and silent_ms >= s.early_end_ms and looks_finished(turn.heard) and (
-                s.mode == "text" or turn.words_complete):
+        if s.uses_text and silent_ms >= s.early_end_ms and looks_finished(turn.heard):
             return ENDED_BY_TEXT
-        if s.uses_model and turn.model_complete and not self._text_decides(turn):
+        if s.uses_model and turn.model_complete:
             return "the audio turn model heard a finished turn"
         return ""
 

@@ -32,7 +32,7 @@ class VadSettings:
     start_ms: int = 120
     """Voiced audio needed within the start window before an utterance starts (clicks and pops are shorter)."""
     max_utterance_s: float = 15.0
-    end_of_turn: str = "text"
+    end_of_turn: str = "both"
     """What may end a turn before the hangover (edge/turn.py): hangover | text | audio | both."""
     early_end_ms: int = 250
     """Silence that ends the turn when the words so far sound finished (the text cue); 0: the text cue is off."""
@@ -40,7 +40,7 @@ class VadSettings:
     """Silence after finished-sounding words at which the transcript goes out before the turn has ended, so the
     answer is being written during the rest of the wait (speech before the turn ends withdraws it). Only with an
     early end; 0: the transcript goes out at the early end."""
-    turn_model_ms: int = 180
+    turn_model_ms: int = 120
     """Silence after which the audio turn model (Smart Turn v3) is asked whether the turn is over (audio, both)."""
     quiet_margin_db: float = 10.0
     """For that silence, a frame within this much of the room's noise floor (learnt from the unvoiced frames between
