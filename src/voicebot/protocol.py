@@ -129,6 +129,11 @@ class Topics:
         """Device-local: the interpreter tells the player to stop (stop word)."""
         return f"{self.root}/local/{self.thing}/control"
 
+    @property
+    def reference(self) -> str:
+        """Device-local: what the player plays, for the interpreter's echo canceller."""
+        return f"{self.root}/local/{self.thing}/reference"
+
 
 def all_things_filter(root: str, kind: Kind) -> str:
     """``R/+/kind``: one kind of message from every device (what the IoT rules and the monitor subscribe to)."""
@@ -281,6 +286,19 @@ class PlayerStateMessage(Message):
 
     state: Literal["speaking", "idle"]
     request_id: str | None = None
+
+
+#: One reference chunk at most (16 kHz int16, base64): 0.5 s.
+MAX_REFERENCE_CHARS = 22_000
+
+
+class ReferenceMessage(Message):
+    """``R/local/T/reference``, player -> interpreter on the device: 16 kHz mono int16 samples (base64) that the
+    speaker plays from ``start`` on (the device's monotonic clock, in seconds, shared by both processes): the far end
+    the echo canceller takes out of the microphone signal."""
+
+    start: float
+    pcm: str = Field(max_length=MAX_REFERENCE_CHARS)
 
 
 class ControlMessage(Message):

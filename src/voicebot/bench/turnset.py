@@ -274,10 +274,15 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
                                         if _letters(q.second) not in _letters(m.text))
             outcome.lost = asked_whole() is None
             outcomes.append(outcome)
-            for _, m in sent:  # enough: the next question
-                transport.publish(topics.control, encode(ControlMessage(action="cancel", request_id=m.request_id)),
-                                  QOS_AT_MOST_ONCE)
-            await asyncio.sleep(interpreter.settings.echo_tail_s + 2.5)  # the echo tail, then a pause
+            await asyncio.sleep(1.0)  # (what is still on its way for this question)
+            for rid in {m.request_id for _, m in sent} | {device.player.queue.active_request} - {None}:
+                transport.publish(topics.control, encode(ControlMessage(action="cancel", request_id=rid)),
+                                  QOS_AT_MOST_ONCE)  # enough: the next question
+            for _ in range(200):  # the next question is asked to a device that has stopped speaking
+                if device.player.state != "speaking" and not interpreter.muted():
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
     finally:
         stop.set()
         await task

@@ -1,0 +1,99 @@
+"""Echo cancellation: take the device's own voice out of the microphone signal, so a person can talk over it.
+
+WebRTC's audio processing module (AEC3, noise suppression, high-pass filter) through ``livekit``'s
+``rtc.AudioProcessingModule`` (prebuilt for aarch64). The far end (what the speaker plays) comes from the player, over
+the device-local ``reference`` topic, each chunk stamped with the monotonic time its first sample plays (one clock for
+both processes on a Linux device). Here the chunks are laid out on the microphone's own timeline, so AEC3 always gets
+a continuous far-end stream (silence where nothing plays) that precedes the echo by the room's delay, which its delay
+estimator finds (the path speaker -> air -> microphone, tens to a few hundred ms).
+
+No adaptive filter is written here; this module only aligns the two streams and feeds AEC3 10 ms at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+RATE = 16_000
+SUB = RATE // 100  # AEC3 takes 10 ms frames
+#: The far end kept (bounded): chunks older than this, relative to the microphone, are of no use to AEC3.
+KEEP_S = 3.0
+
+
+class EchoCancellerUnavailable(RuntimeError):
+    """livekit (WebRTC audio processing) is not installed: no echo cancellation, the half-duplex guard stays."""
+
+
+def _apm(noise_suppression: bool) -> object:
+    try:
+        from livekit import rtc
+    except ImportError as exc:
+        raise EchoCancellerUnavailable("echo cancellation needs livekit (the device extra)") from exc
+    return rtc.AudioProcessingModule(echo_cancellation=True, noise_suppression=noise_suppression,
+                                     high_pass_filter=True, auto_gain_control=False)
+
+
+def level_db(samples: np.ndarray) -> float:
+    x = samples.astype(np.float64) / 32768.0
+    return 10 * math.log10(float(np.mean(x * x)) + 1e-12)
+
+
+class EchoCanceller:
+    """Feeds AEC3 the far end that was playing while each microphone frame was captured, and returns the frame
+    with the device's own voice taken out. ``frame(pcm, captured_at)``: ``captured_at`` is the monotonic time the
+    frame's first sample was captured."""
+
+    def __init__(self, *, noise_suppression: bool = True) -> None:
+        from livekit import rtc
+
+        self._rtc = rtc
+        self._apm = _apm(noise_suppression)
+        self._apm.set_stream_delay_ms(0)  # (AEC3 estimates the delay itself; the hint is required with AEC on)
+        self._chunks: deque[tuple[float, np.ndarray]] = deque()  # (start time, samples), in time order
+        self.last_reference_at = float("-inf")
+        """When the player last sent what it plays (monotonic): a stale reference means no cancellation."""
+        self.mic_db = -120.0
+        self.out_db = -120.0
+        """The latest frame's level before and after cancellation (how much of it was echo)."""
+
+    def reference(self, start: float, samples: np.ndarray, now: float) -> None:
+        """The player plays ``samples`` from ``start`` on."""
+        self._chunks.append((start, samples.astype(np.int16, copy=False)))
+        self.last_reference_at = now
+        while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) / RATE < now - KEEP_S:
+            self._chunks.popleft()
+        while len(self._chunks) > 600:  # (bounded whatever the timestamps say)
+            self._chunks.popleft()
+
+    def _far(self, start: float, n: int) -> np.ndarray:
+        """The far end from ``start`` for ``n`` samples: what played then, zeros where nothing did."""
+        out = np.zeros(n, dtype=np.int16)
+        end = start + n / RATE
+        for chunk_start, samples in self._chunks:
+            chunk_end = chunk_start + len(samples) / RATE
+            if chunk_end <= start or chunk_start >= end:
+                continue
+            a = max(0, round((start - chunk_start) * RATE))  # first sample of the chunk we need
+            b = min(len(samples), round((end - chunk_start) * RATE))
+            at = max(0, round((chunk_start - start) * RATE))  # where it goes in ``out``
+            take = samples[a:b][: n - at]
+            out[at: at + len(take)] = take
+        return out
+
+    def frame(self, pcm: bytes, captured_at: float) -> bytes:
+        mic = np.frombuffer(pcm, dtype="<i2")
+        far = self._far(captured_at, len(mic))
+        out = bytearray()
+        for i in range(0, len(mic) - SUB + 1, SUB):
+            reverse = self._rtc.AudioFrame(far[i:i + SUB].tobytes(), RATE, 1, SUB)
+            self._apm.process_reverse_stream(reverse)
+            near = self._rtc.AudioFrame(mic[i:i + SUB].tobytes(), RATE, 1, SUB)
+            self._apm.process_stream(near)
+            out += bytes(near.data.cast("B"))
+        cleaned = bytes(out)
+        self.mic_db = level_db(mic)
+        self.out_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
+        return cleaned

@@ -1,0 +1,47 @@
+"""Barge-in: is someone talking over the device, or is it the device's own voice coming back?
+
+Pure, fed once per 30 ms frame while the device speaks, after echo cancellation: the VAD's verdict on the cancelled
+signal and the frame's level before and after cancellation. A frame is the person's when the VAD calls the cancelled
+signal speech and cancellation left most of the frame (within ``echo_margin_db`` of what the microphone heard): AEC3
+takes 20-40 dB off the device's own voice, but nothing off a person's. ``min_speech_ms`` of such frames within twice
+that time is a barge-in.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BargeInSettings:
+    enabled: bool = True
+    min_speech_ms: int = 180
+    """The person's voice needed before the answer stops (short sounds, a cough, a clatter do not stop it)."""
+    echo_margin_db: float = 10.0
+    """A frame is the person's if cancellation took off less than this: the device's own voice loses far more."""
+    min_level_dbfs: float = -55.0
+    """And it is at least this loud after cancellation (a whisper across the room does not interrupt)."""
+    frame_ms: int = 30
+
+    @property
+    def frames(self) -> int:
+        return max(1, round(self.min_speech_ms / self.frame_ms))
+
+
+class BargeInDetector:
+    def __init__(self, settings: BargeInSettings | None = None) -> None:
+        self.settings = settings or BargeInSettings()
+        self._recent: deque[bool] = deque(maxlen=2 * self.settings.frames)
+
+    def reset(self) -> None:
+        self._recent.clear()
+
+    def person(self, voiced: bool, mic_db: float, out_db: float) -> bool:
+        s = self.settings
+        return voiced and out_db >= mic_db - s.echo_margin_db and out_db >= s.min_level_dbfs
+
+    def frame(self, voiced: bool, mic_db: float, out_db: float) -> bool:
+        """One frame while the device speaks; True once the person has spoken long enough over it."""
+        self._recent.append(self.person(voiced, mic_db, out_db))
+        return sum(self._recent) >= self.settings.frames
