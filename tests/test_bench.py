@@ -23,13 +23,15 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "voicebot.cli", "bench", "--turns", "2", "--devices", "5", "--fleet-turns", "1",
          "--skip-footprint", "--ttft-ms", "100", "--tokens-per-s", "200", "--audio-ms-per-char", "4",
-         "--eos-turns", "2", "--skip-eos-vosk", "--stt-lags-ms", "0,800",
+         "--eos-turns", "2", "--skip-eos-vosk", "--stt-lags-ms", "0,800", "--barge-in-minutes", "0.5",
+         "--barge-in-trials", "2",
          "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bench:" in proc.stderr and "left" in proc.stderr  # the progress bar, on stderr
     r = json.loads(out.read_text())
-    assert set(r["phase_seconds"]) == {"start", "streaming turns", "whole-answer turns", "fleet", "end of speech"}
+    assert set(r["phase_seconds"]) == {"start", "streaming turns", "whole-answer turns", "fleet", "end of speech",
+                                       "barge-in"}
     assert set(r["overhead_ms"]) == {"p50", "p95"} and r["overhead_ms"]["p50"] is not None
     assert r["ttfa_ms"]["streaming"] < r["ttfa_ms"]["baseline"] and 0 < r["ttfa_ratio"] < 1
     assert r["load"]["devices"] == 5 and r["load"]["turns"] == 5 and r["load"]["lost"] == 0
@@ -60,6 +62,11 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert all(h["kind"] in ("quoted", "assumed") and h["source"] for h in eos["cloud_projection"]["hops"])
     assert "by recognizer partial lag" in proc.stdout and "waterfall p50 (ms): transcript" in proc.stdout
     assert (tmp_path / "bench-end-of-turn.png").read_bytes()[:4] == b"\x89PNG"
+    b = r["barge_in"]  # full duplex in a simulated room: the keys `voicebot bench --quick --json` promises
+    assert b["erle_db"] > 10 and b["false_per_10min"] >= 0 and b["device_speech_minutes"] >= 0.4
+    assert b["latency_ms"]["p50"] is not None and b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
+    assert all(t["cut"] for t in b["trials"]) and len(b["transcripts"]["questions"]) == 6
+    assert "false barge-ins per 10 min" in proc.stdout
 
 
 def test_the_synthetic_recognizer_shows_only_the_words_already_spoken():

@@ -204,3 +204,19 @@ def test_with_vosk_only_one_answer_is_heard(pause_s, broker, connect, topics, tm
     observer = converse(broker, connect, topics, tmp_path, vosk, frames, script, 0.0)
     done, playing, finished = heard(observer, topics)
     assert done and playing == {done[-1].request_id} and done[-1].request_id in finished
+
+
+def test_going_on_over_an_early_answer_barges_in_and_asks_the_whole_question(broker, connect, topics, tmp_path):
+    """A pause longer than the hangover (1.3 s): the turn ends, the answer to the first clause starts playing; the
+    person goes on over it. Full duplex (the player's far end reaches the interpreter): the answer stops at once, and
+    the rest completes the question, asked again whole with ``replaces``; nothing of the question is lost."""
+    frames, script = question(1.3)
+    observer = converse(broker, connect, topics, tmp_path, TranscribeLike(script), frames, script, 0.0)
+    done, playing, finished = heard(observer, topics)
+    events = [json.loads(p) for t, p in observer.messages if t == topics.event]
+    whole = done[-1]
+    assert whole.text.rstrip("?") == f"{FIRST} {SECOND}"  # nothing lost
+    first = [m for m in done if m.text.rstrip(".") == FIRST]
+    assert first and whole.replaces == first[-1].request_id  # the early question, replaced once
+    assert any(e["type"] == "barge_in" for e in events) and first[-1].request_id in playing  # it was playing
+    assert first[-1].request_id not in finished and whole.request_id in finished  # cut; the whole one played

@@ -29,12 +29,12 @@ def test_the_deployment_grants_each_component_its_topics_under_the_root():
     assert player["TopicRoot"] == ROOT and player["Volume"] == "1.0"  # the template's own merge is kept
     assert granted(player["accessControl"], "aws.greengrass#SubscribeToIoTCore") == {t.audio, t.event, t.command}
     assert granted(player["accessControl"], "aws.greengrass#PublishToIoTCore") == {t.event}
-    assert granted(player["accessControl"], "aws.greengrass#PublishToTopic") == {t.player_state}
+    assert granted(player["accessControl"], "aws.greengrass#PublishToTopic") == {t.player_state, t.reference}
     assert granted(player["accessControl"], "aws.greengrass#SubscribeToTopic") == {t.control}
     interpreter = merges["com.voicebot.VoiceInterpreter"]
     assert interpreter["TopicRoot"] == ROOT
     assert granted(interpreter["accessControl"], "aws.greengrass#PublishToIoTCore") == {t.transcript, t.event}
-    assert granted(interpreter["accessControl"], "aws.greengrass#SubscribeToTopic") == {t.player_state}
+    assert granted(interpreter["accessControl"], "aws.greengrass#SubscribeToTopic") == {t.player_state, t.reference}
     assert granted(interpreter["accessControl"], "aws.greengrass#PublishToTopic") == {t.control}
     # the default root needs no merge: the recipes' own accessControl applies
     default = deployment("voicebot")["components"]["com.voicebot.VoicePlayer"]["configurationUpdate"]["merge"]

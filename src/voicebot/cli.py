@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
                         default=INTERPRETER.hangover_ms, help="silence that ends a turn, in ms (100-5000)")
     interp.add_argument("--max-utterance-s", type=setting(InterpreterConfig, "max_utterance_s"),
                         default=INTERPRETER.max_utterance_s, help="longest utterance, in seconds (1-120)")
+    interp.add_argument("--barge-in", type=setting(InterpreterConfig, "barge_in"), default=INTERPRETER.barge_in,
+                        help="full duplex: echo cancellation with the player's output, so speaking over the device "
+                             "stops it (true/false; false: the microphone is muted while it speaks)")
+    interp.add_argument("--barge-in-min-ms", type=setting(InterpreterConfig, "barge_in_min_ms"),
+                        default=INTERPRETER.barge_in_min_ms,
+                        help="the person's voice over the device's needed to stop it, in ms (60-2000)")
+    interp.add_argument("--barge-in-echo-margin-db", type=setting(InterpreterConfig, "barge_in_echo_margin_db"),
+                        default=INTERPRETER.barge_in_echo_margin_db,
+                        help="a frame is the person's when echo cancellation took off less than this, in dB (1-40)")
     interp.add_argument("--end-of-turn", type=setting(InterpreterConfig, "end_of_turn"),
                         default=INTERPRETER.end_of_turn,
                         help="what may end a turn before the hangover: hangover (nothing), text (the Korean text cue), "
@@ -354,6 +363,7 @@ def cmd_player(args: argparse.Namespace) -> int:
 
 def cmd_interpreter(args: argparse.Namespace) -> int:
     from voicebot.edge.audio import open_source
+    from voicebot.edge.bargein import BargeInSettings
     from voicebot.edge.interpreter import Interpreter, InterpreterSettings
     from voicebot.edge.stt import SttError, choose_stt, open_stt
     from voicebot.edge.vad import VadSettings
@@ -367,6 +377,8 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
                         quiet_margin_db=args.quiet_margin_db, end_of_turn=args.end_of_turn,
                         turn_model_ms=args.turn_model_ms),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
+        barge_in=BargeInSettings(enabled=args.barge_in, min_speech_ms=args.barge_in_min_ms,
+                                 echo_margin_db=args.barge_in_echo_margin_db),
     )
     connection = connection_settings(args)
     try:

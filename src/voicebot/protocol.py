@@ -61,9 +61,9 @@ class ProtocolError(ValueError):
 # --------------------------------------------------------------------------------------------------------------------
 
 Kind = Literal["transcript", "answer", "audio", "event", "command"]
-LocalKind = Literal["player", "control"]
+LocalKind = Literal["player", "control", "reference"]
 CLOUD_KINDS: tuple[Kind, ...] = ("transcript", "answer", "audio", "event", "command")
-LOCAL_KINDS: tuple[LocalKind, ...] = ("player", "control")
+LOCAL_KINDS: tuple[LocalKind, ...] = ("player", "control", "reference")
 
 
 #: AWS IoT thing names: 1-128 letters, digits, ':', '_' and '-' (no "/" topic levels, no "*" or "?" policy
@@ -258,7 +258,7 @@ class AudioMessage(Message):
 
 EventType = Literal[
     "playing", "played", "skipped", "interrupted", "cancelled", "error", "listening", "speech_start", "speech_end",
-    "started", "stopped", "volume", "apology",
+    "started", "stopped", "volume", "apology", "barge_in",
 ]
 
 

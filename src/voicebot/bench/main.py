@@ -68,7 +68,8 @@ def analyse(turn: Turn, model: SyntheticChatModel, expected_sentences: int, firs
 
 
 #: Seconds each phase takes on 2 cores (measured: the JSON's phase_seconds), per unit of what it depends on.
-PHASE_SECONDS = {"start": 1.0, "turn": 8.0, "fleet_round": 10.0, "eos_turn": 4.3, "footprint": 19.0}
+PHASE_SECONDS = {"start": 1.0, "turn": 8.0, "fleet_round": 10.0, "eos_turn": 4.3, "footprint": 25.0,
+                 "barge_in_trial": 6.5, "barge_in_minute": 2.0, "barge_in_fixed": 25.0}
 
 
 def lags_of(args: argparse.Namespace) -> tuple[int, ...]:
@@ -85,7 +86,15 @@ def estimate_phases(args: argparse.Namespace, turns: int, fleet_rounds: int, eos
         "fleet": fleet_rounds * PHASE_SECONDS["fleet_round"],
         "end of speech": eos_turns * eos_modes * PHASE_SECONDS["eos_turn"],
         "footprint": 0.0 if args.skip_footprint else PHASE_SECONDS["footprint"] * args.input_minutes / 10,
+        "barge-in": 0.0 if args.skip_barge_in else (
+            barge_in_of(args)[1] * PHASE_SECONDS["barge_in_trial"] + barge_in_of(args)[0]
+            * PHASE_SECONDS["barge_in_minute"] + PHASE_SECONDS["barge_in_fixed"]),
     }
+
+
+def barge_in_of(args: argparse.Namespace) -> tuple[float, int]:
+    """Minutes of device speech and live trials of the barge-in phase."""
+    return (args.barge_in_minutes or (3.0 if args.quick else 10.0), args.barge_in_trials or (6 if args.quick else 20))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,6 +137,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.skip_footprint:
             with progress.phase("footprint"):
                 foot = footprint.measure(stack.broker.url, minutes=args.input_minutes)
+        barge = None
+        if not args.skip_barge_in:
+            with progress.phase("barge-in"):
+                from voicebot.bench import bargein
+                from voicebot.edge.stt import VoskBackend
+
+                minutes, trials = barge_in_of(args)
+                barge = bargein.measure(stack.broker.url, minutes=minutes, trials=trials, vosk=VoskBackend())
     finally:
         stack.close()
         progress.close()
@@ -183,6 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                        "interpreter_transcribe_shaped_rss_mb": foot["interpreter_transcribe_shaped"]["rss_mb"],
                        "player_rss_mb": foot["player"]["rss_mb"], **foot} if foot else None),
         "end_of_speech": eos,
+        "barge_in": barge,
         "cost_usd": {"per_turn": round(sum(parts.values()), 6), "parts": parts,
                      "idle_device_day_vad": idle_vad, "idle_device_day_no_vad": idle_no_vad,
                      "counts": asdict(counts), "prices": cost.prices_dict(prices)},
@@ -257,6 +275,18 @@ def table(r: dict[str, Any]) -> str:
                 f"{vosk['stt_seconds']} ({vosk['utterances']} utt.)"),
             row("espeak-ng per sentence (ms) / Vosk real-time factor",
                 f"{f['real_backends']['espeak_ms_per_sentence']} / {f['real_backends']['vosk_rtf']}"),
+        ]
+    b = r.get("barge_in")
+    if b:
+        lines += [
+            row("barge-in: echo return loss enhancement p50 (dB)", b["erle_db"], "(5 rooms, 10-150 ms, 0-12 dB)"),
+            row(f"  false barge-ins per 10 min of device speech ({b['device_speech_minutes']} min)",
+                b["false_per_10min"], "target 0"),
+            row("  latency, speech onset -> playback stopped p50 / p95 (ms)",
+                f"{b['latency_ms']['p50']} / {b['latency_ms']['p95']}", "target p95 <= 400"),
+            row("  Vosk words kept, question over the answer vs quiet (%)", b["transcripts"]["words_kept_pct"]),
+            row("  echo canceller: RSS added (MB) / CPU per s of audio (%)",
+                f"{b['cost']['rss_mb_added']} / {b['cost']['cpu_percent_per_audio_second']}"),
         ]
     c = r["cost_usd"]
     lines += [

@@ -53,6 +53,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the interpreter's TurnModelMs in that phase")
     p.add_argument("--stt-final-ms", type=float, default=300, help="synthetic recognizer: final after the audio")
     p.add_argument("--skip-footprint", action="store_true", help="skip the memory and CPU phase")
+    p.add_argument("--skip-barge-in", action="store_true", help="skip the full-duplex (echo cancellation) phase")
+    p.add_argument("--barge-in-minutes", type=float, default=0,
+                   help="minutes of device speech with nobody talking, for false barge-ins (default 3 quick, 10 full)")
+    p.add_argument("--barge-in-trials", type=int, default=0,
+                   help="live barge-in trials in a simulated room, in real time (default 6 quick, 20 full)")
     p.add_argument("--price-transcribe-per-min", type=float, default=UnitPrices.transcribe_per_min,
                    help="cost model: Amazon Transcribe streaming, USD per minute")
     p.add_argument("--price-haiku-input", type=float, default=UnitPrices.haiku_input_per_mtok,

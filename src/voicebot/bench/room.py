@@ -113,7 +113,6 @@ class RoomSink:
         self.live = live
         self.sample_rate = RATE
         self.seconds_played = 0.0
-        self.output_latency = 0.0
 
     async def play(self, samples: np.ndarray) -> None:
         loop = asyncio.get_running_loop()

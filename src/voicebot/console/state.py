@@ -20,6 +20,7 @@ from voicebot.protocol import (
     SentenceAudio,
     TranscriptMessage,
     decode,
+    is_device_local,
     parse_topic,
 )
 
@@ -100,6 +101,8 @@ class ConsoleState:
 
     def on_message(self, topic: str, payload: bytes, now_ms: int) -> str | None:
         """Apply one message; the thing whose view changed, or None (a malformed message is skipped with a note)."""
+        if is_device_local(topic) and topic.endswith("/reference"):  # (the echo canceller's far end: not shown)
+            return None
         try:
             where = parse_topic(topic)
             device = self.device(where.thing)

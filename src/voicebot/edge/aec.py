@@ -46,27 +46,38 @@ class EchoCanceller:
     with the device's own voice taken out. ``frame(pcm, captured_at)``: ``captured_at`` is the monotonic time the
     frame's first sample was captured."""
 
-    def __init__(self, *, noise_suppression: bool = True) -> None:
+    def __init__(self, *, noise_suppression: bool = False) -> None:
         from livekit import rtc
 
         self._rtc = rtc
         self._apm = _apm(noise_suppression)
         self._apm.set_stream_delay_ms(0)  # (AEC3 estimates the delay itself; the hint is required with AEC on)
         self._chunks: deque[tuple[float, np.ndarray]] = deque()  # (start time, samples), in time order
-        self.last_reference_at = float("-inf")
-        """When the player last sent what it plays (monotonic): a stale reference means no cancellation."""
+        self.far_until = float("-inf")
+        """Until when the player said it plays (monotonic): a second after that, nothing is left to cancel."""
         self.mic_db = -120.0
         self.out_db = -120.0
         """The latest frame's level before and after cancellation (how much of it was echo)."""
 
     def reference(self, start: float, samples: np.ndarray, now: float) -> None:
-        """The player plays ``samples`` from ``start`` on."""
+        """The player plays ``samples`` from ``start`` on; no samples: nothing more plays from ``start`` on."""
+        if not len(samples):
+            self._cut(start)
+            return
         self._chunks.append((start, samples.astype(np.int16, copy=False)))
-        self.last_reference_at = now
+        self.far_until = max(self.far_until, start + len(samples) / RATE)
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) / RATE < now - KEEP_S:
             self._chunks.popleft()
         while len(self._chunks) > 600:  # (bounded whatever the timestamps say)
             self._chunks.popleft()
+
+    def _cut(self, at: float) -> None:
+        kept: deque[tuple[float, np.ndarray]] = deque()
+        for start, samples in self._chunks:
+            if start < at:
+                kept.append((start, samples[: max(0, round((at - start) * RATE))]))
+        self._chunks = kept
+        self.far_until = min(self.far_until, at)
 
     def _far(self, start: float, n: int) -> np.ndarray:
         """The far end from ``start`` for ``n`` samples: what played then, zeros where nothing did."""

@@ -199,6 +199,12 @@ class SoundDeviceSink:
                                           blocksize=int(self.sample_rate * BLOCK_SECONDS))
         self._stream.start()
 
+    @property
+    def latency_s(self) -> float:
+        """How long after it is written a sample is heard (the output's buffer): the echo canceller's far end is
+        stamped with it."""
+        return float(self._stream.latency)
+
     async def play(self, samples: np.ndarray) -> None:
         for block in _blocks(samples, self.sample_rate):
             await asyncio.to_thread(self._stream.write, block.tobytes())
@@ -333,6 +339,7 @@ class MicSource:
         self.native_rate = int(info["default_samplerate"])
         self.frame_ms = frame_ms
         self.description = f"mic:{info['name']}"
+        self.last_captured_at: float | None = None
 
     async def frames(self) -> AsyncIterator[bytes]:
         import soxr
@@ -364,6 +371,8 @@ class MicSource:
                     block = resampler.resample_chunk(np.frombuffer(block, dtype=np.int16)).tobytes()
                 pending += block
                 while len(pending) >= size:
+                    # (for the echo canceller: when this frame's first sample was captured, as near as we know)
+                    self.last_captured_at = time.monotonic() - len(pending) / 2 / SOURCE_RATE
                     yield pending[:size]
                     pending = pending[size:]
 

@@ -9,6 +9,8 @@ optional stop word, which cancels the answer being played.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import time
@@ -17,7 +19,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+from voicebot.edge.aec import EchoCanceller, EchoCancellerUnavailable
 from voicebot.edge.audio import AudioError, AudioSource
+from voicebot.edge.bargein import BargeInDetector, BargeInSettings
 from voicebot.edge.echo_guard import EchoGuard
 from voicebot.edge.runner import DEVICE_WAIT_S, ComponentFailed
 from voicebot.edge.settings import InterpreterConfig
@@ -45,6 +51,7 @@ from voicebot.protocol import (
     Message,
     PlayerStateMessage,
     ProtocolError,
+    ReferenceMessage,
     Topics,
     TranscriptMessage,
     decode,
@@ -80,6 +87,8 @@ class InterpreterSettings:
     stt_give_up: tuple[int, float] = (3, 120.0)
     """This many utterances in a row that the recognizer failed, over at least this many seconds (unreachable,
     no credentials), end the component after an ``error`` event: Greengrass shows it ERRORED and restarts it."""
+    barge_in: BargeInSettings = field(default_factory=BargeInSettings)
+    """Full duplex (edge/aec.py, edge/bargein.py): speech over the device's own voice stops it."""
     continuation_s: float = 2.0
     """After a turn ended early (edge/turn.py), speech within this long continues it: the early answer is cancelled
     before it plays and the next transcript carries the whole question."""
@@ -100,6 +109,7 @@ class _Utterance:
     turn: Turn
     transcriber: UtteranceTranscriber
     audio: deque[bytes] | None = None
+    barged_in: bool = False  # it began over the device's voice and stopped it
 
 
 class Interpreter:
@@ -135,6 +145,7 @@ class Interpreter:
         self._finishing: set[asyncio.Task[None]] = set()  # utterances waiting for their final result
         self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
         self._end_now = False  # the turn detector ended the utterance: the VAD ends it after this frame
+        self._over_the_device = False  # the barge-in detector's latest verdict
         self.outbox = Outbox(transport, "interpreter")
         self._stt_failures: list[float] = []  # when each utterance in a row failed in the recognizer (bounded)
         self._unhealthy = asyncio.Event()
@@ -142,6 +153,13 @@ class Interpreter:
         self._failures_seen: set[str] = set()  # kinds of background failure already logged with a traceback
         self._turn_model_problem = ""
         self._load_turn_model()
+        self.barge = BargeInDetector(s.barge_in)
+        self.barge_ins = 0
+        self.aec: EchoCanceller | None = None
+        self._aec_problem = ""
+        self._load_aec()
+        self._pending: list[bytes] | None = None  # speech over the device's voice, until it is a barge-in
+        self._bad_references = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -150,6 +168,8 @@ class Interpreter:
         loop = asyncio.get_running_loop()
         await subscribe(self.transport, self.topics.player_state, QOS_AT_MOST_ONCE,
                         lambda _t, payload: loop.call_soon_threadsafe(self._on_player_state, payload))
+        await subscribe(self.transport, self.topics.reference, QOS_AT_MOST_ONCE,
+                        lambda _t, payload: loop.call_soon_threadsafe(self._on_reference, payload))
         log.info("interpreter listening on %s with %s", self.source.description, self.stt.name)
         pump = asyncio.create_task(self._pump())
         stopper = asyncio.create_task(stop.wait())
@@ -245,7 +265,8 @@ class Interpreter:
             hangover_ms=vad.hangover_ms, max_utterance_s=vad.max_utterance_s, early_end_ms=vad.early_end_ms,
             preempt_ms=vad.preempt_ms, quiet_margin_db=vad.quiet_margin_db, echo_tail_s=s.echo_tail_s,
             stop_word=s.stop_word if s.stop_word_enabled else "", end_of_turn=vad.end_of_turn,
-            turn_model_ms=vad.turn_model_ms,
+            turn_model_ms=vad.turn_model_ms, barge_in=s.barge_in.enabled, barge_in_min_ms=s.barge_in.min_speech_ms,
+            barge_in_echo_margin_db=s.barge_in.echo_margin_db,
         ).merged(config, problems)
         for line in problems:
             self._emit_event("error", detail=f"configuration: {line}")
@@ -254,8 +275,12 @@ class Interpreter:
                           early_end_ms=new.early_end_ms, preempt_ms=new.preempt_ms,
                           quiet_margin_db=new.quiet_margin_db, end_of_turn=new.end_of_turn,
                           turn_model_ms=new.turn_model_ms)
-        self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s,
+        barge = replace(s.barge_in, enabled=new.barge_in, min_speech_ms=new.barge_in_min_ms,
+                        echo_margin_db=new.barge_in_echo_margin_db)
+        self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s, barge_in=barge,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
+        self.barge = BargeInDetector(barge)
+        self._load_aec()
         self.echo_guard.echo_tail_s = new.echo_tail_s
         self.turns.settings = self.settings.turn_settings()  # (the detector's settings apply from the next frame)
         self._load_turn_model()
@@ -285,6 +310,44 @@ class Interpreter:
                           mode, exc)
                 self._emit_event("error", detail=f"EndOfTurn {mode} unavailable: {exc}; using text")
 
+    def _load_aec(self) -> None:
+        """Echo cancellation for barge-in. Where it cannot run (no livekit), the half-duplex echo guard stays and the
+        reason is reported once."""
+        if self.aec is not None or not self.settings.barge_in.enabled:
+            return
+        try:
+            self.aec = EchoCanceller()
+        except EchoCancellerUnavailable as exc:
+            if str(exc) != self._aec_problem:
+                self._aec_problem = str(exc)
+                log.error("interpreter: BargeIn cannot be used (%s); the microphone is muted while the device speaks",
+                          exc)
+                self._emit_event("error", detail=f"BargeIn unavailable: {exc}; half-duplex")
+
+    def _on_reference(self, payload: bytes) -> None:
+        """What the player plays, for the echo canceller. A malformed or implausibly timed chunk is dropped (logged
+        once per 100)."""
+        if self.aec is None:
+            return
+        now = time.monotonic()
+        try:
+            message = decode(ReferenceMessage, payload)
+            samples = np.frombuffer(base64.b64decode(message.pcm, validate=True), dtype="<i2")
+            if not -5.0 < message.start - now < 130.0:  # (a sentence is sent when it starts: up to 2 minutes ahead)
+                raise ValueError(f"start {message.start - now:+.1f} s from now")
+        except (ProtocolError, ValueError, binascii.Error) as exc:
+            if self._bad_references % 100 == 0:
+                log.warning("interpreter: bad reference audio dropped (%s)", str(exc)[:200])
+            self._bad_references += 1
+            return
+        self.aec.reference(message.start, samples, now)
+
+    def duplex(self) -> bool:
+        """Full duplex now: barge-in on, the echo canceller running and the player's far end arriving (without it,
+        the device's own voice would reach the recognizer: the half-duplex guard applies)."""
+        return (self.aec is not None and self.settings.barge_in.enabled
+                and time.monotonic() - self.aec.far_until < 1.0)
+
     # -- echo guard --------------------------------------------------------------------------------------------------
 
     def _on_player_state(self, payload: bytes) -> None:
@@ -294,8 +357,10 @@ class Interpreter:
             log.warning("interpreter: bad player state: %s", exc)
             return
         self.echo_guard.on_player_state(state.state == "speaking", state.request_id, self.clock())
-        if state.state == "speaking":
-            self.turns.answer_heard()  # what the person says next is a new question
+        if state.state == "speaking" and not (self.aec is not None and self.settings.barge_in.enabled):
+            # half-duplex: the answer is being heard and nothing said over it is heard, so what the person says next
+            # is a new question (in full duplex, words over an early answer may still finish its question)
+            self.turns.answer_heard()
         self.state_changed.set()
 
     def summary(self) -> str:
@@ -318,9 +383,14 @@ class Interpreter:
 
     async def process(self, frame: bytes) -> None:
         self.frames_seen += 1
+        duplex = self.duplex()
+        if duplex and self.aec is not None:  # the device is speaking (or just was): its own voice taken out
+            frame_s = self.settings.vad.frame_ms / 1000
+            frame = self.aec.frame(frame, getattr(self.source, "last_captured_at", None) or time.monotonic() - frame_s)
+        muted = self.muted() and not duplex
         # While the stop word is being said, all of it goes to the stop-word listener, even after the player has
         # stopped: the rest of "그만" must not become a question.
-        if self.muted() or self.stop_word.active:
+        if muted or self.stop_word.active:
             if self.vad.in_speech or self._utterance:
                 await self._abort_utterance()  # the device started talking: what follows would be its own voice
             self.vad.reset()
@@ -330,25 +400,31 @@ class Interpreter:
         else:
             for event in self.vad.process(frame):
                 await self._on_vad(event)
+            if duplex and self.aec is not None and self.echo_guard.speaking:
+                self._over_the_device = self.barge.frame(self.vad.last_voiced, self.aec.mic_db, self.aec.out_db)
+            else:
+                self.barge.reset()
         if self.turns.holding and not self.vad.voice_pending:  # (a voice that may start an utterance: not yet)
             self._act(self.turns.tick(self._now()))
 
     async def _on_vad(self, event: VadEvent) -> None:
         try:
             if isinstance(event, SpeechStarted):
-                turn, actions = self.turns.started(self._now())
-                self._act(actions)
-                utterance = _Utterance(turn, UtteranceTranscriber(
-                    self.stt, on_partial=lambda text: self._act(self.turns.partial(turn, text, self._now())),
-                    retry=self.settings.retry))
-                if self.turn_model is not None and self.turns.settings.uses_model:
-                    utterance.audio = deque(event.preroll, maxlen=8000 // self.settings.vad.frame_ms)
-                self._utterance = utterance
-                self.utterances += 1
-                await utterance.transcriber.start()
-                for frame in event.preroll:
-                    self.stt_bytes += len(frame)
-                    await utterance.transcriber.send(frame)
+                if self.duplex() and self.echo_guard.speaking:
+                    # Over the device's voice: nothing reaches the recognizer until it is a person (a barge-in).
+                    self._pending = list(event.preroll)
+                    return
+                await self._start_utterance(event.preroll)
+            elif isinstance(event, SpeechAudio) and self._pending is not None:
+                self._pending.append(event.frame)
+                # Only the pre-roll before the person's voice goes to the recognizer, not seconds of the device's
+                # own voice that held the VAD open before they spoke.
+                keep = self.settings.vad.frames(self.settings.vad.preroll_ms) + 2 * self.barge.settings.frames
+                del self._pending[:-keep]
+                if self._over_the_device or not self.echo_guard.speaking:
+                    await self._barge_in()
+            elif isinstance(event, SpeechEnded) and self._pending is not None:
+                self._pending = None  # the device's own voice, or a sound too short to stop it: dropped
             elif isinstance(event, SpeechAudio) and self._utterance:
                 utterance = self._utterance
                 self.stt_bytes += len(event.frame)
@@ -381,6 +457,36 @@ class Interpreter:
             self._could_not_hear(self._utterance.turn.request_id if self._utterance else None, exc)
             await self._abort_utterance()
 
+    async def _start_utterance(self, preroll: list[bytes], *, barged_in: bool = False) -> None:
+        turn, actions = self.turns.started(self._now())
+        self._act(actions)
+        utterance = _Utterance(turn, UtteranceTranscriber(
+            self.stt, on_partial=lambda text: self._act(self.turns.partial(turn, text, self._now())),
+            retry=self.settings.retry), barged_in=barged_in)
+        if self.turn_model is not None and self.turns.settings.uses_model:
+            utterance.audio = deque(preroll, maxlen=8000 // self.settings.vad.frame_ms)
+        self._utterance = utterance
+        self.utterances += 1
+        await utterance.transcriber.start()
+        for frame in preroll:
+            self.stt_bytes += len(frame)
+            await utterance.transcriber.send(frame)
+
+    async def _barge_in(self) -> None:
+        """A person is talking over the device (or it stopped by itself meanwhile): stop the answer, and what they
+        say is the next question (or, over an early answer, the rest of its question: edge/turn.py)."""
+        frames, self._pending = self._pending or [], None
+        guard = self.echo_guard
+        if guard.speaking:
+            self.barge_ins += 1
+            log.info("barge-in: stopping %s", (guard.player_request or "?")[-8:])
+            self._send(self.topics.control, ControlMessage(action="cancel", request_id=guard.player_request),
+                       QOS_AT_MOST_ONCE)
+            self._emit_event("barge_in", guard.player_request)
+            guard.stopped()
+        self.barge.reset()
+        await self._start_utterance(frames, barged_in=True)
+
     async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
         """The recognizer's final result, handed to the turn detector in the order the utterances were said."""
         try:
@@ -392,6 +498,10 @@ class Interpreter:
             await utterance.transcriber.abort()
             return
         self._stt_failures.clear()  # the recognizer works
+        if utterance.barged_in and text and _letters(text) == _letters(self.settings.stop_word):
+            log.info("the stop word over the device: the answer stopped, nothing is asked")
+            self.turns.aborted(utterance.turn)
+            return
         self._act(self.turns.final(utterance.turn, text, self._now(), speech_end_ts=speech_end))
 
     def _act(self, actions: list[Action]) -> None:
@@ -429,6 +539,7 @@ class Interpreter:
         utterance, self._utterance = self._utterance, None
         self.turns.aborted(utterance.turn if utterance else None)
         self._end_now = False
+        self._pending = None
         if utterance:
             await utterance.transcriber.abort()
         self.vad.reset()
@@ -488,3 +599,5 @@ class Interpreter:
         self.outbox.send(topic, encode(message), qos)
 
 
+def _letters(text: str) -> str:
+    return "".join(c for c in text if c.isalnum())

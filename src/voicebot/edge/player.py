@@ -20,6 +20,7 @@ from voicebot.edge.apology import ApologyWatch, Clip
 from voicebot.edge.audio import AudioError, AudioSink, apply_volume, decode_sentence, to_rate
 from voicebot.edge.clips import CLIPS
 from voicebot.edge.playback import Action, Finished, Interrupted, Play, PlaybackQueue, Skip
+from voicebot.edge.reference import ReferencePublisher
 from voicebot.edge.runner import DEVICE_WAIT_S, ComponentFailed
 from voicebot.edge.settings import PlayerConfig
 from voicebot.messaging import Outbox, Transport, handoff_to_loop, subscribe
@@ -114,10 +115,18 @@ class Player:
         self._probe: asyncio.Task[None] | None = None  # is the cloud reachable? (asked when a question went out)
         self._failures_seen: set[str] = set()  # kinds of loop failure already logged with a traceback (bounded)
         self.sink_down_for = 0.0  # seconds the output has failed to reopen (health: the component gives up)
+        self._tap_sink()
 
     @staticmethod
     def _wall_ms() -> int:
         return now_ms()
+
+    def _tap_sink(self) -> None:
+        """What the sink is about to play also goes to the interpreter's echo canceller (device-local), stamped with
+        when it is heard, so a person can talk over the device (edge/aec.py)."""
+        self.reference = ReferencePublisher(
+            lambda message: self._send(self.topics.reference, message, QOS_AT_MOST_ONCE),
+            rate=self.sink.sample_rate)
 
     def apply_config(self, config: Mapping[str, Any]) -> None:
         """Live settings from the component configuration; a bad value or an unknown key keeps the current one and
@@ -315,7 +324,13 @@ class Player:
             return False
         if samples.size and report:
             self._emit("playing", sentence.request_id, sentence.seq, last=sentence.last)
-        await self.sink.play(samples)
+        latency = float(getattr(self.sink, "latency_s", 0.0))
+        self.reference.sentence(time.monotonic() + latency, samples)
+        try:
+            await self.sink.play(samples)
+        except asyncio.CancelledError:
+            self.reference.cut(time.monotonic() + latency)
+            raise
         return bool(sentence.data)
 
     def _prepare(self, sentence: SentenceAudio, volume: float) -> Any:
@@ -360,6 +375,7 @@ class Player:
             while True:
                 try:
                     self.sink = await asyncio.to_thread(self.reopen)
+                    self._tap_sink()
                     break
                 except Exception as exc:
                     tries += 1

@@ -124,3 +124,12 @@ class InterpreterConfig(ComponentSettings):
     echo_tail_s: float = Field(0.4, alias="EchoTailS", ge=0.0, le=5.0)
     stop_word: str = Field("", alias="StopWord", max_length=20)
     """Empty: no stop word. Heard while the device speaks, it cancels the answer."""
+    barge_in: bool = Field(True, alias="BargeIn")
+    """Full duplex: the player's output is taken out of the microphone signal (WebRTC AEC3), so a person can talk over
+    the device and stop it by speaking; off (or no far end from the player): the microphone is muted while it
+    speaks."""
+    barge_in_min_ms: int = Field(180, alias="BargeInMinMs", ge=60, le=2000)
+    """The person's voice needed, over the device's, before the answer stops."""
+    barge_in_echo_margin_db: float = Field(10.0, alias="BargeInEchoMarginDb", ge=1.0, le=40.0)
+    """A frame is the person's when echo cancellation took off less than this (it takes 20-40 dB off the device's
+    own voice)."""

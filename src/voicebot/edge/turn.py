@@ -273,17 +273,23 @@ class TurnDetector:
     def _late_words(self, turn: Turn, text: str, now: int) -> list[Action]:
         """Words the recognizer shows after the audio model ended the utterance (it lags the audio): if they are all
         of them and sound finished, the transcript need not wait for the final result."""
-        if (not turn.ended_early or turn.final_seen or turn.preempted is not None or turn.request_id in self._withdrawn
-                or not self.settings.uses_text):
+        if turn.final_seen or turn.preempted is not None or turn.request_id in self._withdrawn:
             return []
         turn.heard, turn.heard_at = text, now
-        if not (turn.words_complete and looks_finished(text)):
-            return []
+        shown: list[Action] = []
+        if not turn.last_partial:
+            # The turn ended before the recognizer showed any word (it lags): show the words once, for whoever
+            # watches (the monitor, the console). Later words go into the completed transcript, not more partials.
+            turn.last_partial, turn.last_partial_at = text, now
+            shown.append(Publish(TranscriptMessage(request_id=turn.request_id, state="proceeding", text=text,
+                                                   lang=self.settings.lang)))
+        if not (turn.ended_early and self.settings.uses_text and turn.words_complete and looks_finished(text)):
+            return shown
         if self._early is not None and self._early.request_id == turn.request_id:
             self._early = _EarlyEnd(turn.request_id, _joined(turn.prefix, text), self._early.at)
         actions = self._preempt(turn, now)
         self._held[turn.request_id].ended = True
-        return actions
+        return shown + actions
 
     def final(self, turn: Turn, text: str, now: int, *, speech_end_ts: int) -> list[Action]:
         """The recognizer's final result (in the order the utterances were said): the transcript, unless an early one

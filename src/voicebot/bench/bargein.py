@@ -1,0 +1,326 @@
+"""Full duplex, measured in a simulated room (bench/room.py): does the device hear a person over its own voice, and
+never itself?
+
+- ``erle``: echo return loss enhancement of the echo canceller on the device's real output (espeak-ng Korean answers)
+  through rooms with 10-150 ms of delay and 0-12 dB of attenuation, nobody talking (offline, as fast as it goes).
+- ``false barge-ins``: the same detector the interpreter runs (VAD on the cancelled signal, ``BargeInDetector``) over
+  minutes of device speech with nobody talking, at volumes from 0.25 to 1.0, reported per 10 minutes (offline).
+- ``latency``: the real player and interpreter in a live room, in real time: the device speaks an answer, a person
+  starts a question over it at a chosen moment; from the person's speech onset to the player stopping.
+- ``transcripts``: Vosk on a question spoken over the device's answer (after cancellation) vs the same question in a
+  quiet room.
+- ``cost``: CPU per second of audio of the echo canceller on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voicebot.bench.room import FRAME, LiveRoom, RoomSettings, echo_of, noise, to_int16
+from voicebot.bench.stats import pct
+from voicebot.edge.aec import EchoCanceller
+from voicebot.edge.bargein import BargeInDetector, BargeInSettings
+
+RATE = 16_000
+ANSWERS = ["오늘 서울은 하루 종일 맑고 따뜻할 거예요. 낮 최고 기온은 25도까지 올라가요.",
+           "저녁에는 바람이 조금 불 수 있어요. 외출하실 때 가벼운 겉옷을 챙기세요.",
+           "내일은 구름이 많고 오후 늦게 비가 올 수 있어요. 우산을 챙기시는 게 좋겠어요."]
+QUESTIONS = ["잠깐만요 내일 날씨는 어때요", "그만하고 음악 틀어 줘", "지금 몇 시예요"]
+ROOMS = [RoomSettings(delay_s=d, attenuation_db=a, seed=i) for i, (d, a) in
+         enumerate([(0.01, 0.0), (0.06, 6.0), (0.15, 12.0), (0.03, 3.0), (0.1, 9.0)])]
+
+
+def speech(text: str) -> np.ndarray:
+    import soundfile as sf
+
+    from voicebot.cloud.tts import EspeakTts
+
+    samples, _ = sf.read(io.BytesIO(EspeakTts().synthesize(text).data), dtype="int16")
+    voiced = np.nonzero(np.abs(samples.astype(np.int32)) > 300)[0]
+    return samples[voiced[0]: voiced[-1] + 1] if voiced.size else samples
+
+
+def _vad():
+    import webrtcvad
+
+    vad = webrtcvad.Vad(2)
+    return lambda frame: vad.is_speech(frame, RATE)
+
+
+@dataclass
+class OfflineRun:
+    """The echo canceller and the barge-in detector over a rendered microphone signal, frame by frame, with the far
+    end delivered a little ahead of its echo, as the player's reference messages arrive."""
+
+    erle_db: float
+    triggers: int
+    seconds: float
+    cpu_s: float
+    cleaned: np.ndarray = field(repr=False)
+
+
+def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | None = None,
+            warmup_s: float = 1.0) -> OfflineRun:
+    aec = EchoCanceller()
+    detector = BargeInDetector(settings)
+    is_speech = _vad()
+    next_ref, e_in, e_out, triggers = 0, 0.0, 0.0, 0
+    out = np.zeros(len(mic), dtype=np.int16)
+    started = time.process_time()
+    for n in range(0, len(mic) - FRAME + 1, FRAME):
+        while next_ref < len(played) and next_ref <= n + 3200:  # (the reference arrives ~200 ms ahead)
+            aec.reference(next_ref / RATE, played[next_ref:next_ref + 1600], n / RATE)
+            next_ref += 1600
+        cleaned = aec.frame(mic[n:n + FRAME].tobytes(), n / RATE)
+        out[n:n + FRAME] = np.frombuffer(cleaned, dtype="<i2")
+        if n / RATE >= warmup_s:
+            e_in += float(np.sum(mic[n:n + FRAME].astype(np.float64) ** 2))
+            e_out += float(np.sum(out[n:n + FRAME].astype(np.float64) ** 2))
+        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db):
+            triggers += 1
+            detector.reset()
+    cpu = time.process_time() - started
+    return OfflineRun(round(float(10 * np.log10(e_in / max(e_out, 1.0))), 1), triggers, len(mic) / RATE, cpu, out)
+
+
+def device_speech(minutes: float, volume: float, seed: int = 0) -> np.ndarray:
+    """``minutes`` of the device's answers, one after another with short pauses, at ``volume``."""
+    rng = np.random.default_rng(seed)
+    pieces: list[np.ndarray] = []
+    total = 0
+    rendered = [speech(a) for a in ANSWERS]
+    while total < minutes * 60 * RATE:
+        clip = rendered[int(rng.integers(len(rendered)))]
+        pieces += [clip, np.zeros(int(rng.uniform(0.2, 1.0) * RATE), dtype=np.int16)]
+        total += len(clip) + len(pieces[-1])
+    return to_int16(np.concatenate(pieces).astype(np.float64) * volume)
+
+
+def erle_and_false(minutes: float) -> dict[str, Any]:
+    """Nobody talks: echo return loss enhancement and barge-ins the device's own voice would have caused, over
+    ``minutes`` of its speech spread over the rooms and volumes."""
+    rows = []
+    per = minutes / len(ROOMS)
+    for i, room in enumerate(ROOMS):
+        volume = (1.0, 0.5, 0.25, 1.0, 0.75)[i % 5]
+        played = device_speech(per, volume, seed=i)
+        mic = to_int16(echo_of(played.astype(np.float64), room) + noise(len(played), room,
+                                                                        np.random.default_rng(i)))
+        run = offline(played, mic)
+        rows.append({"delay_ms": round(room.delay_s * 1000), "attenuation_db": room.attenuation_db,
+                     "volume": volume, "erle_db": run.erle_db, "false_barge_ins": run.triggers,
+                     "seconds": round(run.seconds, 1), "cpu_percent": round(100 * run.cpu_s / run.seconds, 2)})
+    seconds = sum(r["seconds"] for r in rows)
+    return {"rooms": rows, "erle_db": round(float(np.median([r["erle_db"] for r in rows])), 1),
+            "erle_db_min": min(r["erle_db"] for r in rows),
+            "false_per_10min": round(sum(r["false_barge_ins"] for r in rows) * 600 / seconds, 2),
+            "device_speech_minutes": round(seconds / 60, 1),
+            "cpu_percent_per_audio_second": round(float(np.median([r["cpu_percent"] for r in rows])), 2)}
+
+
+async def recognize_pcm(backend: Any, pcm: bytes) -> str:
+    """What ``backend`` makes of ``pcm`` (16 kHz int16) as one utterance: its final result."""
+    session = await backend.open()
+    for i in range(0, len(pcm), 2 * FRAME):
+        await session.send(pcm[i:i + 2 * FRAME])
+    await session.finish()
+    final = ""
+    async for result in session.results():
+        if result.final:
+            final = result.text
+    await session.close()
+    return final
+
+
+def transcripts(vosk: Any, *, stop_after_ms: float = 300.0) -> dict[str, Any]:
+    """Each of the bench's questions in a quiet room, and spoken over the device's answer (which a barge-in stops
+    ``stop_after_ms`` after the person started, as it does live), after echo cancellation: what Vosk hears, and how
+    many of the words it heard in the quiet it hears over the answer."""
+    from voicebot.bench.endofspeech import QUESTIONS as BENCH_QUESTIONS
+
+    room = RoomSettings(delay_s=0.06, attenuation_db=3.0)
+    rows = []
+    for i, q in enumerate(BENCH_QUESTIONS):
+        person = speech(q).astype(np.float64)
+        played = speech(ANSWERS[i % len(ANSWERS)])
+        lead = int(1.5 * RATE)  # the question starts 1.5 s into the answer
+        n = max(len(played), lead + len(person)) + RATE
+        played = np.concatenate([played, np.zeros(n - len(played), dtype=np.int16)])
+        played[lead + int(stop_after_ms * RATE / 1000):] = 0  # the barge-in stopped it
+        over = echo_of(played.astype(np.float64), room) + noise(n, room, np.random.default_rng(i))
+        over[lead:lead + len(person)] += person
+        cleaned = offline(played, to_int16(over)).cleaned[lead - RATE // 4: lead + len(person) + RATE // 2]
+        quiet = to_int16(np.concatenate([np.zeros(RATE // 4), person, np.zeros(RATE // 2)])
+                         + noise(len(person) + 3 * RATE // 4, room, np.random.default_rng(10 + i)))
+        heard_quiet = asyncio.run(recognize_pcm(vosk, quiet.tobytes()))
+        heard_over = asyncio.run(recognize_pcm(vosk, cleaned.tobytes()))
+        words = heard_quiet.split()
+        kept = sum(1 for w in words if w in heard_over.split())
+        rows.append({"question": q, "quiet": heard_quiet, "over_the_answer": heard_over, "words_kept": kept,
+                     "words": len(words)})
+    total = sum(r["words"] for r in rows)
+    return {"questions": rows, "same": sum(r["quiet"] == r["over_the_answer"] for r in rows),
+            "words_kept_pct": round(100 * sum(r["words_kept"] for r in rows) / total, 1) if total else None,
+            "stop_after_ms": stop_after_ms}
+
+
+def cost() -> dict[str, Any]:
+    """The echo canceller's footprint in a process of its own: peak RSS and CPU per second of audio while the
+    device speaks (60 s of echo), against the same process without it."""
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, resource, sys, time
+import numpy as np
+with_aec = sys.argv[1] == "1"
+from voicebot.bench.room import RoomSettings, echo_of, noise, to_int16, FRAME
+played = (np.sin(np.arange(16000 * 60) * 0.05) * 6000 + np.random.default_rng(0).normal(0, 2000, 16000 * 60))
+played = to_int16(played)
+room = RoomSettings()
+mic = to_int16(echo_of(played.astype(float), room) + noise(len(played), room, np.random.default_rng(1)))
+t = time.process_time()
+if with_aec:
+    from voicebot.edge.aec import EchoCanceller
+    aec = EchoCanceller()
+    for n in range(0, len(mic) - FRAME + 1, FRAME):
+        if n % 1600 == 0:
+            aec.reference(n / 16000, played[n:n + 1600], n / 16000)
+        aec.frame(mic[n:n + FRAME].tobytes(), n / 16000)
+cpu = time.process_time() - t
+print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_s": cpu}))
+"""
+    out = {}
+    for flag, name in (("0", "without"), ("1", "with")):
+        proc = subprocess.run([sys.executable, "-c", code, flag], capture_output=True, text=True, timeout=300,
+                              check=True)
+        out[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"rss_mb_added": round(out["with"]["rss_mb"] - out["without"]["rss_mb"], 1),
+            "cpu_percent_per_audio_second": round(100 * out["with"]["cpu_s"] / 60, 2)}
+
+
+def measure(broker_url: str, *, minutes: float, trials: int, vosk: Any) -> dict[str, Any]:
+    """Every barge-in figure (``voicebot bench``'s ``barge_in``)."""
+    quiet = erle_and_false(minutes)
+    live = latency(broker_url, trials, vosk)
+    return {"erle_db": quiet["erle_db"], "false_per_10min": quiet["false_per_10min"],
+            "latency_ms": {"p50": live["p50"], "p95": live["p95"]}, "missed": live["missed"],
+            "rooms": quiet["rooms"], "device_speech_minutes": quiet["device_speech_minutes"],
+            "trials": live["trials"], "transcripts": transcripts(vosk), "cost": cost()}
+
+
+# -- in real time -------------------------------------------------------------------------------------------------------
+
+
+async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_after_s: float | None,
+                     question: np.ndarray, answer: bytes, stt: Any, barge_in: bool = True,
+                     volume: float = 1.0) -> dict[str, Any]:
+    """The real player and interpreter in a live room: the player speaks ``answer`` (WAV bytes); ``person_after_s``
+    into it, a person says ``question`` over it. Returns when it stopped, the barge-in and transcript seen."""
+    from voicebot.audio_parts import split_audio
+    from voicebot.edge.interpreter import Interpreter, InterpreterSettings
+    from voicebot.edge.player import Player, PlayerSettings
+    from voicebot.messaging import ConnectionSettings, Mqtt5Transport
+    from voicebot.protocol import (
+        QOS_AT_LEAST_ONCE,
+        EventMessage,
+        Topics,
+        TranscriptMessage,
+        encode,
+        new_request_id,
+    )
+
+    live = LiveRoom(room)
+    topics = Topics("bargebench", thing)
+    connect = lambda name: Mqtt5Transport(ConnectionSettings(broker=broker_url),  # noqa: E731
+                                          client_id=f"bench-{name}-{thing}")
+    player_t, interp_t, speaker_t = connect("player"), connect("interpreter"), connect("cloud")
+    events: list[tuple[float, EventMessage]] = []
+    transcripts: list[TranscriptMessage] = []
+    player = Player(player_t, topics, live.sink, PlayerSettings(volume=volume),
+                    on_event=lambda e: events.append((time.monotonic(), e)))
+    interpreter = Interpreter(interp_t, topics, live.microphone, stt,
+                              InterpreterSettings(barge_in=BargeInSettings(enabled=barge_in)),
+                              on_transcript=lambda m: transcripts.append(m))
+    # The player runs on a loop (a thread) of its own, as it runs in a process of its own on a device: the
+    # interpreter's work (a recognizer taking the buffered speech) never delays the speaker.
+    import threading
+
+    stop, player_stop = asyncio.Event(), threading.Event()
+    ready = threading.Event()
+
+    async def player_main() -> None:
+        stopping = asyncio.Event()
+        task = asyncio.create_task(player.run(stopping))
+        await asyncio.wait_for(player.ready.wait(), 10)
+        ready.set()
+        await asyncio.to_thread(player_stop.wait)
+        stopping.set()
+        await task
+
+    player_thread = threading.Thread(target=asyncio.run, args=(player_main(),), daemon=True)
+    player_thread.start()
+    await asyncio.to_thread(ready.wait, 10)
+    tasks = [asyncio.create_task(interpreter.run(stop))]
+    await asyncio.sleep(1.0)  # the room's noise floor
+    rid = new_request_id()
+    for m in split_audio(request_id=rid, seq=0, last=True, text="answer", audio=answer, format="wav",
+                         sample_rate=RATE):
+        await asyncio.wrap_future(speaker_t.publish(topics.audio, encode(m), QOS_AT_LEAST_ONCE))
+    started = await _wait_for(lambda: next((t for t, e in events if e.type == "playing" and e.request_id == rid),
+                                           None), 10)
+    onset = None
+    if person_after_s is not None and started is not None:
+        onset = started + person_after_s
+        live.say(question.astype(np.float64), at=onset)
+    stopped = await _wait_for(lambda: next((t for t, e in events if e.request_id == rid and e.seq is None
+                                            and e.type in ("played", "cancelled", "interrupted")), None), 30)
+    if person_after_s is not None:
+        await _wait_for(lambda: next((m for m in transcripts if m.state == "completed"), None), 10)
+    await asyncio.sleep(0.5)
+    stop.set()
+    player_stop.set()
+    live.microphone.running = False
+    await asyncio.gather(*tasks)
+    await asyncio.to_thread(player_thread.join, 10)
+    for t in (player_t, interp_t, speaker_t):
+        t.close()
+    cut = next((e.type for _, e in events if e.request_id == rid and e.seq is None
+                and e.type in ("cancelled", "interrupted")), None)
+    return {"onset": onset, "stopped": stopped, "cut": cut is not None, "barge_ins": interpreter.barge_ins,
+            "latency_ms": round((stopped - onset) * 1000, 1) if onset and stopped and cut else None,
+            "transcripts": [m.text for m in transcripts if m.state == "completed"]}
+
+
+async def _wait_for(probe, within: float):
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = probe()
+        if value is not None:
+            return value
+        await asyncio.sleep(0.01)
+    return None
+
+
+def latency(broker_url: str, trials: int, stt: Any) -> dict[str, Any]:
+    """Barge-in latency in real time: person onsets spread over the answer, rooms and volumes varied."""
+    from voicebot.cloud.tts import EspeakTts
+
+    answer = EspeakTts().synthesize(" ".join(ANSWERS)).data
+    rows = []
+    for i in range(trials):
+        question = speech(QUESTIONS[i % len(QUESTIONS)])  # (onsets 1.0-3.0 s into the answer)
+        r = asyncio.run(live_trial(broker_url, f"lat-{i}", room=ROOMS[i % len(ROOMS)],
+                                   person_after_s=1.0 + (0.37 * i) % 2.0, question=question, answer=answer, stt=stt,
+                                   volume=(1.0, 0.5, 0.75)[i % 3]))
+        rows.append({k: r[k] for k in ("latency_ms", "cut", "barge_ins", "transcripts")})
+    values = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+    return {"trials": rows, "p50": pct(values, 0.5), "p95": pct(values, 0.95),
+            "missed": sum(1 for r in rows if not r["cut"])}
