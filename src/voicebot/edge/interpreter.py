@@ -146,6 +146,7 @@ class Interpreter:
         self._previous: asyncio.Task[None] | None = None  # the utterance before: transcripts go out in order
         self._end_now = False  # the turn detector ended the utterance: the VAD ends it after this frame
         self._over_the_device = False  # the barge-in detector's latest verdict
+        self._answer_heard = False  # the player spoke since the last utterance started
         self.outbox = Outbox(transport, "interpreter")
         self._stt_failures: list[float] = []  # when each utterance in a row failed in the recognizer (bounded)
         self._unhealthy = asyncio.Event()
@@ -357,10 +358,8 @@ class Interpreter:
             log.warning("interpreter: bad player state: %s", exc)
             return
         self.echo_guard.on_player_state(state.state == "speaking", state.request_id, self.clock())
-        if state.state == "speaking" and not (self.aec is not None and self.settings.barge_in.enabled):
-            # half-duplex: the answer is being heard and nothing said over it is heard, so what the person says next
-            # is a new question (in full duplex, words over an early answer may still finish its question)
-            self.turns.answer_heard()
+        if state.state == "speaking":
+            self._answer_heard = True  # (what the person says after it is a new question; over it, maybe not)
         self.state_changed.set()
 
     def summary(self) -> str:
@@ -458,6 +457,11 @@ class Interpreter:
             await self._abort_utterance()
 
     async def _start_utterance(self, preroll: list[bytes], *, barged_in: bool = False) -> None:
+        if self._answer_heard and not barged_in:
+            # an answer was heard since the last early end: what the person says now is a new question (words over
+            # an early answer, a barge-in, may still finish its question: edge/turn.py)
+            self.turns.answer_heard()
+        self._answer_heard = False
         turn, actions = self.turns.started(self._now())
         self._act(actions)
         utterance = _Utterance(turn, UtteranceTranscriber(
