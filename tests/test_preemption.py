@@ -88,6 +88,8 @@ class Session:
         self.lag_s = lag_s
         self.since = max(0, script.delivered - PREROLL - VadSettings().frames(VadSettings().start_ms))
         self.heard_until = self.since
+        self.opened_at = script.delivered
+        self.burst = 0  # frames sent at once when the stream opened (the pre-roll, or a barge-in's buffer)
         self.queue: asyncio.Queue[SttResult | None] = asyncio.Queue()
         self.loop = asyncio.get_running_loop()
         self.ticker = self.loop.call_later(0.15, self._tick)
@@ -98,6 +100,9 @@ class Session:
         self.ticker = self.loop.call_later(0.15, self._tick)
 
     async def send(self, pcm: bytes) -> None:
+        if self.script.delivered == self.opened_at:  # the audio handed over on opening: it starts this far back
+            self.burst += 1
+            self.since = max(0, self.opened_at - self.burst)
         self.heard_until = self.script.delivered
 
     async def finish(self) -> None:

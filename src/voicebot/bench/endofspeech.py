@@ -26,6 +26,7 @@ import numpy as np
 
 from voicebot.bench.stats import pct
 from voicebot.bench.turns import ROOT, Device, Stack, Turn
+from voicebot.edge.bargein import BargeInSettings
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import SttResult
 from voicebot.edge.turn import MODES
@@ -259,8 +260,12 @@ async def run_mode(stack: Stack, spoken: list[Spoken], *, vad: VadSettings, turn
                 for w in waits:
                     w.cancel()
 
+    # Half-duplex here: this rig has no echo path, and the end of turn is what it measures (full duplex is measured in
+    # a room of its own: bench/bargein.py). The synthetic recognizer binds each stream to the question being said
+    # when it opens, so a stream opened on the room's noise just after an answer would report the last question.
     interpreter = Interpreter(transport, topics, mic, stt or SyntheticRecognizer(script, **recognizer),
-                              InterpreterSettings(vad=vad), on_transcript=on_transcript, turn_model=turn_model)
+                              InterpreterSettings(vad=vad, barge_in=BargeInSettings(enabled=False)),
+                              on_transcript=on_transcript, turn_model=turn_model)
     stop = asyncio.Event()
     task = asyncio.create_task(interpreter.run(stop))
     results: list[EosTurn] = []

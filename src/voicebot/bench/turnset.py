@@ -4,7 +4,8 @@ Forty two-clause Korean questions (espeak-ng, in a quiet room of about -60 dBFS)
 interpreter and player on the local stack. Half pause after a clause that sounds finished and then go on ("네
 알겠어요. | 그런데 내일은 어때요?"), half pause after a connective ("오늘 날씨가 좋은데 | 산책 갈까요?"); each half
 has ten pauses of 250-600 ms and ten of 700-2000 ms. A synthetic streaming recognizer shows each word when its sound
-has ended, ``lag`` ms later still, and gives the final result 300 ms after the stream ends.
+has ended, ``lag`` ms later still, and gives the final result 300 ms after the stream ends. Half-duplex (BargeIn off):
+what the end of turn alone does; with full duplex the rest of a question said over an answer barges in.
 
 Counted per way to end a turn (edge/turn.py) and recognizer lag, per question:
 
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from voicebot.bench.turns import ROOT, BackendSettings, Device, Stack, start_stack
+from voicebot.edge.bargein import BargeInSettings
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import SttResult
 from voicebot.edge.turn import MODES
@@ -242,7 +244,9 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
             sent.append((time.monotonic(), message))
 
     interpreter = Interpreter(transport, topics, lane, TimedRecognizer(lane, lag_ms / 1000),
-                              InterpreterSettings(vad=VadSettings(end_of_turn=mode)), on_transcript=on_transcript,
+                              InterpreterSettings(vad=VadSettings(end_of_turn=mode),
+                                                  barge_in=BargeInSettings(enabled=False)),  # (as measured: below)
+                              on_transcript=on_transcript,
                               turn_model=model)
     stop = asyncio.Event()
     task = asyncio.create_task(interpreter.run(stop))

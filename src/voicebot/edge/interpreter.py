@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from voicebot.edge.aec import EchoCanceller, EchoCancellerUnavailable
+from voicebot.edge.aec import EchoCanceller, EchoCancellerUnavailable, level_db
 from voicebot.edge.audio import AudioError, AudioSource
 from voicebot.edge.bargein import BargeInDetector, BargeInSettings
 from voicebot.edge.echo_guard import EchoGuard
@@ -383,6 +383,7 @@ class Interpreter:
     async def process(self, frame: bytes) -> None:
         self.frames_seen += 1
         duplex = self.duplex()
+        raw = frame
         if duplex and self.aec is not None:  # the device is speaking (or just was): its own voice taken out
             frame_s = self.settings.vad.frame_ms / 1000
             frame = self.aec.frame(frame, getattr(self.source, "last_captured_at", None) or time.monotonic() - frame_s)
@@ -397,12 +398,16 @@ class Interpreter:
             if listening and await self.stop_word.process(frame):  # it ended: the room may still ring with it
                 self.echo_guard.extend(self.clock())
         else:
-            for event in self.vad.process(frame):
-                await self._on_vad(event)
-            if duplex and self.aec is not None and self.echo_guard.speaking:
-                self._over_the_device = self.barge.frame(self.vad.last_voiced, self.aec.mic_db, self.aec.out_db)
+            events = self.vad.process(frame)
+            if self.aec is not None and (self._pending is not None or (duplex and self.echo_guard.speaking)):
+                # (a pending utterance stays pending until it is a person, even if the device stopped meanwhile)
+                mic_db, out_db = (self.aec.mic_db, self.aec.out_db) if duplex else (level_db(raw), level_db(raw))
+                self._over_the_device = self.barge.frame(self.vad.last_voiced, mic_db, out_db)
             else:
                 self.barge.reset()
+                self._over_the_device = False
+            for event in events:
+                await self._on_vad(event)
         if self.turns.holding and not self.vad.voice_pending:  # (a voice that may start an utterance: not yet)
             self._act(self.turns.tick(self._now()))
 
@@ -420,7 +425,7 @@ class Interpreter:
                 # own voice that held the VAD open before they spoke.
                 keep = self.settings.vad.frames(self.settings.vad.preroll_ms) + 2 * self.barge.settings.frames
                 del self._pending[:-keep]
-                if self._over_the_device or not self.echo_guard.speaking:
+                if self._over_the_device:
                     await self._barge_in()
             elif isinstance(event, SpeechEnded) and self._pending is not None:
                 self._pending = None  # the device's own voice, or a sound too short to stop it: dropped
