@@ -50,6 +50,14 @@ def test_the_vad_defaults_are_the_models():
         i.preempt_ms, i.quiet_margin_db, i.end_of_turn, i.turn_model_ms)
 
 
+def test_the_barge_in_defaults_are_the_models():
+    from voicebot.edge.bargein import BargeInSettings
+
+    b, i = BargeInSettings(), InterpreterConfig()
+    assert (b.enabled, b.min_speech_ms, b.echo_margin_db, b.min_level_dbfs) == (
+        i.barge_in, i.barge_in_min_ms, i.barge_in_echo_margin_db, i.barge_in_min_level_dbfs)
+
+
 def test_a_live_update_applies_the_valid_keys_and_keeps_the_rest(caplog):
     current = PlayerConfig(volume=0.5)
     new = current.merged({"Volume": "1.5", "GapTimeoutS": "2.5", "Unknown": "x"})

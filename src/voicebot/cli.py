@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     interp.add_argument("--barge-in-echo-margin-db", type=setting(InterpreterConfig, "barge_in_echo_margin_db"),
                         default=INTERPRETER.barge_in_echo_margin_db,
                         help="a frame is the person's when echo cancellation took off less than this, in dB (1-40)")
+    interp.add_argument("--barge-in-min-level-dbfs", type=setting(InterpreterConfig, "barge_in_min_level_dbfs"),
+                        default=INTERPRETER.barge_in_min_level_dbfs,
+                        help="and it is at least this loud after echo cancellation, in dBFS (-70-0)")
     interp.add_argument("--end-of-turn", type=setting(InterpreterConfig, "end_of_turn"),
                         default=INTERPRETER.end_of_turn,
                         help="what may end a turn before the hangover: hangover (nothing), text (the Korean text cue), "
@@ -378,7 +381,8 @@ def cmd_interpreter(args: argparse.Namespace) -> int:
                         turn_model_ms=args.turn_model_ms),
         echo_tail_s=args.echo_tail_s, stop_word_enabled=bool(args.stop_word), stop_word=args.stop_word or "그만",
         barge_in=BargeInSettings(enabled=args.barge_in, min_speech_ms=args.barge_in_min_ms,
-                                 echo_margin_db=args.barge_in_echo_margin_db),
+                                 echo_margin_db=args.barge_in_echo_margin_db,
+                                 min_level_dbfs=args.barge_in_min_level_dbfs),
     )
     connection = connection_settings(args)
     try:

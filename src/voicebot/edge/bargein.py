@@ -16,12 +16,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class BargeInSettings:
     enabled: bool = True
-    min_speech_ms: int = 180
+    min_speech_ms: int = 150
     """The person's voice needed before the answer stops (short sounds, a cough, a clatter do not stop it)."""
-    echo_margin_db: float = 10.0
+    echo_margin_db: float = 12.0
     """A frame is the person's if cancellation took off less than this: the device's own voice loses far more."""
-    min_level_dbfs: float = -55.0
-    """And it is at least this loud after cancellation (a whisper across the room does not interrupt)."""
+    min_level_dbfs: float = -40.0
+    """And it is at least this loud after cancellation: the room's reverberation of the device's own words, which
+    AEC3 takes least off, stays below it; a person speaking to the device is well above it."""
     frame_ms: int = 30
 
     @property

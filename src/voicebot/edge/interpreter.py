@@ -267,7 +267,7 @@ class Interpreter:
             preempt_ms=vad.preempt_ms, quiet_margin_db=vad.quiet_margin_db, echo_tail_s=s.echo_tail_s,
             stop_word=s.stop_word if s.stop_word_enabled else "", end_of_turn=vad.end_of_turn,
             turn_model_ms=vad.turn_model_ms, barge_in=s.barge_in.enabled, barge_in_min_ms=s.barge_in.min_speech_ms,
-            barge_in_echo_margin_db=s.barge_in.echo_margin_db,
+            barge_in_echo_margin_db=s.barge_in.echo_margin_db, barge_in_min_level_dbfs=s.barge_in.min_level_dbfs,
         ).merged(config, problems)
         for line in problems:
             self._emit_event("error", detail=f"configuration: {line}")
@@ -277,7 +277,7 @@ class Interpreter:
                           quiet_margin_db=new.quiet_margin_db, end_of_turn=new.end_of_turn,
                           turn_model_ms=new.turn_model_ms)
         barge = replace(s.barge_in, enabled=new.barge_in, min_speech_ms=new.barge_in_min_ms,
-                        echo_margin_db=new.barge_in_echo_margin_db)
+                        echo_margin_db=new.barge_in_echo_margin_db, min_level_dbfs=new.barge_in_min_level_dbfs)
         self.settings = replace(s, vad=new_vad, echo_tail_s=new.echo_tail_s, barge_in=barge,
                                 stop_word_enabled=bool(new.stop_word.strip()), stop_word=new.stop_word.strip() or "그만")
         self.barge = BargeInDetector(barge)

@@ -128,8 +128,11 @@ class InterpreterConfig(ComponentSettings):
     """Full duplex: the player's output is taken out of the microphone signal (WebRTC AEC3), so a person can talk over
     the device and stop it by speaking; off (or no far end from the player): the microphone is muted while it
     speaks."""
-    barge_in_min_ms: int = Field(180, alias="BargeInMinMs", ge=60, le=2000)
+    barge_in_min_ms: int = Field(150, alias="BargeInMinMs", ge=60, le=2000)
     """The person's voice needed, over the device's, before the answer stops."""
-    barge_in_echo_margin_db: float = Field(10.0, alias="BargeInEchoMarginDb", ge=1.0, le=40.0)
+    barge_in_echo_margin_db: float = Field(12.0, alias="BargeInEchoMarginDb", ge=1.0, le=40.0)
     """A frame is the person's when echo cancellation took off less than this (it takes 20-40 dB off the device's
     own voice)."""
+    barge_in_min_level_dbfs: float = Field(-40.0, alias="BargeInMinLevelDbfs", ge=-70.0, le=0.0)
+    """...and it is at least this loud after cancellation (the room's reverberation of the device's words stays
+    below; a person speaking to the device is above)."""
