@@ -280,3 +280,23 @@ def test_words_shown_after_the_model_ended_the_turn_go_out_before_the_final():
     assert len(r.completed()) == 1 and not r.of(Cancel)
     r.pause(600)
     assert [a.request_id for a in r.of(Release)] == [early.message.request_id]
+
+
+def test_a_barge_in_over_the_early_answer_completes_its_question_even_after_the_window():
+    r = Run("text", continuation_ms=2000)
+    r.speak(900)
+    r.pause(30)
+    r.partial("네 알겠어요")
+    assert r.pause(300)
+    [early] = r.completed()
+    r.now += 3000  # the early answer is playing, 3 s later the person talks over it
+    turn, actions = r.det.started(r.now, cutting=early.message.request_id)
+    assert turn.prefix == "네 알겠어요" and turn.replaces == early.message.request_id
+    assert [a.request_id for a in actions if isinstance(a, Cancel)] == [early.message.request_id]
+    other = Run("text", continuation_ms=2000)  # the same, over some other answer: a new question
+    other.speak(900)
+    other.pause(30)
+    other.partial("네 알겠어요")
+    other.pause(300)
+    other.now += 3000
+    assert other.det.started(other.now, cutting="another-request")[0].prefix == ""

@@ -11,8 +11,8 @@ from voicebot.edge.settings import InterpreterConfig
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     interpreter = InterpreterConfig.defaults()  # the component's own defaults (light: the model is not built)
-    p.add_argument("--quick", action="store_true", help="fewer turns (about 3 minutes on 2 cores; the full run about "
-                                                       "10)")
+    p.add_argument("--quick", action="store_true", help="fewer turns (about 5 minutes on 2 cores; the full run about "
+                                                       "12)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     p.add_argument("--plot", type=Path, help="write the waterfall and TTFA distribution to this PNG")

@@ -461,13 +461,14 @@ class Interpreter:
             self._could_not_hear(self._utterance.turn.request_id if self._utterance else None, exc)
             await self._abort_utterance()
 
-    async def _start_utterance(self, preroll: list[bytes], *, barged_in: bool = False) -> None:
+    async def _start_utterance(self, preroll: list[bytes], *, barged_in: bool = False,
+                               cutting: str | None = None) -> None:
         if self._answer_heard and not barged_in:
             # an answer was heard since the last early end: what the person says now is a new question (words over
             # an early answer, a barge-in, may still finish its question: edge/turn.py)
             self.turns.answer_heard()
         self._answer_heard = False
-        turn, actions = self.turns.started(self._now())
+        turn, actions = self.turns.started(self._now(), cutting=cutting)
         self._act(actions)
         utterance = _Utterance(turn, UtteranceTranscriber(
             self.stt, on_partial=lambda text: self._act(self.turns.partial(turn, text, self._now())),
@@ -486,6 +487,7 @@ class Interpreter:
         say is the next question (or, over an early answer, the rest of its question: edge/turn.py)."""
         frames, self._pending = self._pending or [], None
         guard = self.echo_guard
+        cutting = guard.player_request if guard.speaking else None
         if guard.speaking:
             self.barge_ins += 1
             log.info("barge-in: stopping %s", (guard.player_request or "?")[-8:])
@@ -494,7 +496,7 @@ class Interpreter:
             self._emit_event("barge_in", guard.player_request)
             guard.stopped()
         self.barge.reset()
-        await self._start_utterance(frames, barged_in=True)
+        await self._start_utterance(frames, barged_in=True, cutting=cutting)
 
     async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
         """The recognizer's final result, handed to the turn detector in the order the utterances were said."""

@@ -181,12 +181,14 @@ class TurnDetector:
 
     # -- the VAD ----------------------------------------------------------------------------------------------------
 
-    def started(self, now: int) -> tuple[Turn, list[Action]]:
-        """Speech started: a new turn, which continues the last early-ended one if it came soon enough."""
+    def started(self, now: int, *, cutting: str | None = None) -> tuple[Turn, list[Action]]:
+        """Speech started: a new turn, which continues the last early-ended one if it came soon enough, or if it is
+        a barge-in that cuts that early turn's answer (``cutting``: the request being stopped) within 10 s."""
         turn = Turn(self.new_id(), voice_end=now)
         actions: list[Action] = []
         early, self._early = self._early, None
-        if early is not None and now - early.at <= self.settings.continuation_ms:
+        over_it = early is not None and cutting == early.request_id and now - early.at <= 10_000
+        if early is not None and (now - early.at <= self.settings.continuation_ms or over_it):
             actions.append(self._withdraw(early.request_id))
             turn.prefix, turn.replaces = early.text, early.request_id
             self._continued_by[early.request_id] = turn
