@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import sys
 import time
@@ -31,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from voicebot.bench.bargein import speech
 from voicebot.bench.turns import ROOT, BackendSettings, Device, Stack, start_stack
 from voicebot.edge.bargein import BargeInSettings
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.stt import SttResult
-from voicebot.edge.turn import MODES
+from voicebot.edge.turn import MODES, letters
 from voicebot.edge.turn_model import SmartTurnModel
 from voicebot.edge.vad import VadSettings
 from voicebot.messaging import ConnectionSettings, Mqtt5Transport
@@ -87,19 +87,9 @@ class Question:
         return f"{self.first} {self.second}"
 
 
-def _clause(text: str) -> np.ndarray:
-    import soundfile as sf
-
-    from voicebot.cloud.tts import EspeakTts
-
-    samples, _ = sf.read(io.BytesIO(EspeakTts().synthesize(text).data), dtype="int16")
-    voiced = np.nonzero(np.abs(samples.astype(np.int32)) > 300)[0]
-    return samples[voiced[0]: voiced[-1] + 1] if voiced.size else samples
-
-
 def build(first: str, second: str, pause_ms: int, kind: str) -> Question:
     """The question as audio (clause, pause, clause), each word timed in proportion within its clause."""
-    a, b = _clause(first), _clause(second)
+    a, b = speech(first), speech(second)
     gap = np.zeros(16 * pause_ms, dtype=np.int16)
     audio = np.concatenate([a, gap, b])
     step = 16 * FRAME_MS
@@ -215,10 +205,6 @@ class TimedSession:
         self.ticker.cancel()
 
 
-def _letters(text: str) -> str:
-    return "".join(c for c in text if c.isalnum())
-
-
 @dataclass
 class Outcome:
     question: Question
@@ -257,11 +243,11 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
             lane.spoken.clear()
             await lane.pending.put(q)
             await asyncio.wait_for(lane.spoken.wait(), 30)
-            whole = _letters(q.text)
+            whole = letters(q.text)
 
             def asked_whole(whole: str = whole) -> str | None:
                 replaced = {m.replaces for _, m in sent if m.replaces}
-                return next((m.request_id for _, m in sent if _letters(m.text) == whole
+                return next((m.request_id for _, m in sent if letters(m.text) == whole
                              and m.request_id not in replaced), None)
 
             deadline = time.monotonic() + 6.0  # the whole question's answer starts within this, or it never does
@@ -275,7 +261,7 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
             outcome.premature = any(at < lane.speech_end for at, _ in sent)
             outcome.withdrawn = sum(1 for _, m in sent if m.request_id in replaced)
             outcome.half_answered = any(device.started[m.request_id].is_set() for _, m in sent
-                                        if _letters(q.second) not in _letters(m.text))
+                                        if letters(q.second) not in letters(m.text))
             outcome.lost = asked_whole() is None
             outcomes.append(outcome)
             await asyncio.sleep(1.0)  # (what is still on its way for this question)

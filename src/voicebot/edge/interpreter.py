@@ -39,6 +39,7 @@ from voicebot.edge.turn import (
     Turn,
     TurnDetector,
     TurnSettings,
+    letters,
 )
 from voicebot.edge.turn_model import SmartTurnModel, TurnModelUnavailable
 from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
@@ -509,7 +510,7 @@ class Interpreter:
             await utterance.transcriber.abort()
             return
         self._stt_failures.clear()  # the recognizer works
-        if utterance.barged_in and text and _letters(text) == _letters(self.settings.stop_word):
+        if utterance.barged_in and text and letters(text) == letters(self.settings.stop_word):
             log.info("the stop word over the device: the answer stopped, nothing is asked")
             self.turns.aborted(utterance.turn)
             return
@@ -608,7 +609,3 @@ class Interpreter:
 
     def _send(self, topic: str, message: Message, qos: int) -> None:
         self.outbox.send(topic, encode(message), qos)
-
-
-def _letters(text: str) -> str:
-    return "".join(c for c in text if c.isalnum())

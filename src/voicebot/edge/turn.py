@@ -309,7 +309,7 @@ class TurnDetector:
         unconfirmed = turn.voice_end if turn.ended_early else None
         if turn.preempted is not None:
             held = self._held.get(rid)
-            if text and _letters(text) != _letters(turn.preempted):  # the final has other words than went out
+            if text and letters(text) != letters(turn.preempted):  # the final has other words than went out
                 log.info("final result differs from the early transcript; it replaces it")
                 actions: list[Action] = [self._withdraw(rid)]
                 correction = TranscriptMessage(request_id=self.new_id(), state="completed",
@@ -409,7 +409,7 @@ def _words(text: str) -> str:
     return " ".join(text.split())
 
 
-def _letters(text: str) -> str:
+def letters(text: str) -> str:
     """What was said, without spacing and punctuation (a final that only adds "?" says the same)."""
     return "".join(c for c in text if c.isalnum())
 
