@@ -90,3 +90,67 @@ def test_with_a_far_end_the_microphone_stays_open_while_the_device_speaks():
 
     duplex, muted = asyncio.run(main())
     assert duplex and not muted
+
+
+@pytest.mark.parametrize("far_end_comes", [True, False])
+def test_a_question_under_way_when_the_answer_starts_goes_on_until_the_far_end_is_due(far_end_comes):
+    """The player says "speaking" before it has decoded the sentence, and sends the far end before it plays it: in
+    between, the microphone hears only the person, so their utterance goes on (it was cut here, losing its first
+    words). A player whose far end never comes: half-duplex again after the grace, as before."""
+    from tests.speech_fixtures import frames_of, in_room, silence, spoken
+    from voicebot.edge.interpreter import FAR_END_GRACE_S
+    from voicebot.edge.stt import NullSttBackend
+
+    now = [100.0]
+    interpreter = Interpreter(MemoryTransport(), Topics("voicebot", "t1"), None, NullSttBackend(),
+                              clock=lambda: now[0])
+    frames = frames_of(in_room(np.concatenate([silence(0.3), spoken("그런데 내일은 어때요")])))
+
+    async def main() -> tuple[bool, bool, bool]:
+        for frame in frames[:25]:
+            await interpreter.process(frame)
+        talking = interpreter._utterance is not None
+        interpreter._on_player_state(encode(PlayerStateMessage(state="speaking", request_id="r1", far_end=True)))
+        for frame in frames[25:30]:
+            now[0] += 0.03
+            await interpreter.process(frame)
+        kept = interpreter._utterance is not None
+        if far_end_comes:
+            import time
+
+            pcm = base64.b64encode(np.zeros(1600, dtype="<i2").tobytes()).decode()
+            interpreter._on_reference(encode(ReferenceMessage(start=time.monotonic(), pcm=pcm)))
+        now[0] += FAR_END_GRACE_S
+        for frame in frames[30:33]:
+            await interpreter.process(frame)
+        after = interpreter._utterance is not None
+        await interpreter.close()
+        return talking, kept, after
+
+    talking, kept, after = asyncio.run(main())
+    assert talking and kept  # the answer's start cut nothing
+    assert after is far_end_comes  # full duplex on with the far end; without it, muted again (half-duplex)
+
+
+def test_a_person_far_louder_than_any_echo_passes_as_heard_and_the_devices_voice_never_does():
+    """AEC3, still learning the room, takes a person's voice down with the echo it fears (30-40 dB). Where the
+    microphone is far louder than any echo the far end has made (a speaker the microphone barely hears), the frame
+    passes as heard; in a loud room, the device's own voice never does."""
+    answer = bargein.speech(bargein.ANSWERS[0])
+    person = bargein.speech("그런데 내일은 어때요").astype(np.float64) * 0.5
+    for room, talks in [(RoomSettings(delay_s=0.06, attenuation_db=40.0), True),
+                        (RoomSettings(delay_s=0.01, attenuation_db=0.0), False)]:
+        mic = echo_of(answer.astype(np.float64), room) + noise(len(answer), room, np.random.default_rng(2))
+        at = RATE // 2  # half a second into the answer
+        if talks:
+            mic[at:at + len(person)] += person[: len(mic) - at]
+        mic16 = to_int16(mic)
+        aec = EchoCanceller()
+        aec.reference(0.0, answer, 0.0)
+        frames = range(0, len(mic16) - 480 + 1, 480)
+        out = np.concatenate([np.frombuffer(aec.frame(mic16[k:k + 480].tobytes(), k / RATE), "<i2") for k in frames])
+        if talks:
+            said = slice(at, at + len(person))
+            assert aec.passed > 10 and level_db(out[said]) > level_db(mic16[said]) - 3  # the person, as heard
+        else:
+            assert aec.passed == 0 and level_db(out) < level_db(mic16) - 15  # the device's own voice: cancelled

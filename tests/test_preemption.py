@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -135,7 +136,20 @@ def question(pause_s: float) -> tuple[list[bytes], Script]:
     return lead + first + gap + second + frames_of(silence(2.0)), script
 
 
-def converse(broker, connect, topics, tmp_path, recognizer, frames, script: Script, ttft_s: float) -> Recorder:
+def warm_up(interpreter: Interpreter) -> None:
+    """The device has spoken in this room before, as any device has but in its first second: its echo canceller
+    knows the room (here: the microphone does not hear the speaker at all). A canceller still learning it takes a
+    person's voice down with the echo it fears; README "Full duplex" gives that first second's figures."""
+    answer = np.clip(spoken("안녕하세요. 무엇을 도와 드릴까요?") * 32767, -32768, 32767).astype(np.int16)
+    room = np.random.default_rng(5).normal(0, 33, len(answer)).astype(np.int16)
+    start = time.monotonic() - 30.0  # long over: the interpreter is half-duplex until the next answer
+    interpreter.aec.reference(start, answer, start)
+    for k in range(0, len(answer) - 480 + 1, 480):
+        interpreter.aec.frame(room[k:k + 480].tobytes(), start + k / 16_000)
+
+
+def converse(broker, connect, topics, tmp_path, recognizer, frames, script: Script, ttft_s: float, *,
+             warm: bool = False) -> Recorder:
     observer = Recorder()
     connect("observer").subscribe(f"{topics.root}/#", 1, observer)
     model = LoopbackChatModel(first_token_delay_s=ttft_s)
@@ -145,6 +159,8 @@ def converse(broker, connect, topics, tmp_path, recognizer, frames, script: Scri
         player = Player(connect("player"), topics, NullSink())  # plays in real time, as a speaker does
         interpreter = Interpreter(connect("interpreter"), topics, Microphone(frames, script), recognizer,
                                   InterpreterSettings(vad=VadSettings(quiet_margin_db=10.0)))
+        if warm:
+            warm_up(interpreter)
         tasks = [asyncio.create_task(player.run(stop))]
         await asyncio.wait_for(player.ready.wait(), 10)
         listening = asyncio.create_task(interpreter.run(stop))
@@ -211,17 +227,21 @@ def test_with_vosk_only_one_answer_is_heard(pause_s, broker, connect, topics, tm
     assert done and playing == {done[-1].request_id} and done[-1].request_id in finished
 
 
-def test_going_on_over_an_early_answer_barges_in_and_asks_the_whole_question(broker, connect, topics, tmp_path):
+@pytest.mark.parametrize("pause_s", [0.75, 0.9, 1.3])
+def test_going_on_over_an_early_answer_barges_in_and_asks_the_whole_question(pause_s, broker, connect, topics, tmp_path):
     """A pause longer than the hangover (1.3 s): the turn ends, the answer to the first clause starts playing; the
     person goes on over it. Full duplex (the player's far end reaches the interpreter): the answer stops at once, and
-    the rest completes the question, asked again whole with ``replaces``; nothing of the question is lost."""
-    frames, script = question(1.3)
-    observer = converse(broker, connect, topics, tmp_path, TranscribeLike(script), frames, script, 0.0)
+    the rest completes the question, asked again whole with ``replaces``; nothing of the question is lost. At 0.75 and
+    0.9 s the answer starts just before or just after the person goes on (as the machine's load has it): the same,
+    and the start of the answer cuts nothing of the question (the player says "speaking" before its far end comes)."""
+    frames, script = question(pause_s)
+    observer = converse(broker, connect, topics, tmp_path, TranscribeLike(script), frames, script, 0.0, warm=True)
     done, playing, finished = heard(observer, topics)
     events = [json.loads(p) for t, p in observer.messages if t == topics.event]
     whole = done[-1]
     assert whole.text.rstrip("?") == f"{FIRST} {SECOND}"  # nothing lost
     first = [m for m in done if m.text.rstrip(".") == FIRST]
     assert first and whole.replaces == first[-1].request_id  # the early question, replaced once
-    assert any(e["type"] == "barge_in" for e in events) and first[-1].request_id in playing  # it was playing
     assert first[-1].request_id not in finished and whole.request_id in finished  # cut; the whole one played
+    if pause_s > 1.0:
+        assert any(e["type"] == "barge_in" for e in events) and first[-1].request_id in playing  # it was playing

@@ -286,6 +286,9 @@ class PlayerStateMessage(Message):
 
     state: Literal["speaking", "idle"]
     request_id: str | None = None
+    far_end: bool = False
+    """The player sends what it plays on ``R/local/T/reference`` (echo cancellation), each sentence before it
+    plays: until its first chunk arrives, nothing of this answer can be in the microphone."""
 
 
 #: One reference chunk at most (16 kHz int16, base64): 0.5 s.

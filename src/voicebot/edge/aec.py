@@ -8,6 +8,13 @@ a continuous far-end stream (silence where nothing plays) that precedes the echo
 estimator finds (the path speaker -> air -> microphone, tens to a few hundred ms).
 
 No adaptive filter is written here; this module only aligns the two streams and feeds AEC3 10 ms at a time.
+
+One thing it decides: until AEC3 has learnt the room (the first second or so of the far end, and in double talk),
+its suppressor takes the person's voice down with the echo it fears, 30-40 dB, so a person who talks over the first
+words of an answer is not heard at all. The canceller also keeps how loud the device's echo can be here (the
+microphone's level against the far end's over the last ``ECHO_WINDOW_S``, a high percentile over the latest seconds
+of the device's speech); a frame ``PERSON_MARGIN_DB`` louder than any echo the far end can be making is the
+person's, and passes as the microphone heard it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,14 @@ RATE = 16_000
 SUB = RATE // 100  # AEC3 takes 10 ms frames
 #: The far end kept (bounded): chunks older than this, relative to the microphone, are of no use to AEC3.
 KEEP_S = 3.0
+#: The far end whose echo can be in a microphone frame: the room's delay (up to ~150 ms) and its reverberation.
+ECHO_WINDOW_S = 0.4
+#: The far end is playing (its loudest 10 ms in the window above this).
+FAR_ACTIVE_DB = -50.0
+#: A frame this much louder than the loudest echo seen for the far end's level is the person's.
+PERSON_MARGIN_DB = 10.0
+#: Frames of the device's speech before its echo's loudness is known (and how many are kept: ~9 s).
+ECHO_GAIN_MIN, ECHO_GAIN_KEEP = 10, 300
 
 
 class EchoCancellerUnavailable(RuntimeError):
@@ -58,6 +73,11 @@ class EchoCanceller:
         self.mic_db = -120.0
         self.out_db = -120.0
         """The latest frame's level before and after cancellation (how much of it was echo)."""
+        self.far_db = -120.0
+        """The loudest 10 ms of the far end whose echo can be in the latest frame."""
+        self._echo_gain: deque[float] = deque(maxlen=ECHO_GAIN_KEEP)  # microphone minus far end, device speaking
+        self.passed = 0
+        """Frames passed as the microphone heard them (louder than any echo: the person's)."""
 
     def reference(self, start: float, samples: np.ndarray, now: float) -> None:
         """The player plays ``samples`` from ``start`` on; no samples: nothing more plays from ``start`` on."""
@@ -107,4 +127,27 @@ class EchoCanceller:
         cleaned = bytes(out)
         self.mic_db = level_db(mic)
         self.out_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
+        self.far_db = self._loudest_far(captured_at, len(mic))
+        if self.far_db <= FAR_ACTIVE_DB:
+            return cleaned
+        gain = self.echo_gain_db
+        if gain is not None and self.mic_db >= self.far_db + gain + PERSON_MARGIN_DB:
+            self.passed += 1  # AEC3 would have taken the person down with an echo that cannot be this loud
+            self.out_db = self.mic_db
+            return pcm
+        self._echo_gain.append(self.mic_db - self.far_db)  # (not the person's frames: they are no echo)
         return cleaned
+
+    @property
+    def echo_gain_db(self) -> float | None:
+        """How loud the device's echo gets here, relative to the far end (the 90th percentile of the microphone's
+        level over the far end's, while the device speaks); None until it has spoken a little."""
+        if len(self._echo_gain) < ECHO_GAIN_MIN:
+            return None
+        return float(np.percentile(self._echo_gain, 90))
+
+    def _loudest_far(self, captured_at: float, n: int) -> float:
+        window = round(ECHO_WINDOW_S * RATE)
+        far = self._far(captured_at + n / RATE - ECHO_WINDOW_S, window).astype(np.float64) / 32768.0
+        power = np.mean((far[: window // SUB * SUB].reshape(-1, SUB)) ** 2, axis=1)
+        return 10 * math.log10(float(power.max()) + 1e-12)

@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 
 #: On stop, how long the last messages may take to go out (a component must stop within 2 s, broker or not).
 STOP_DRAIN_S = 1.0
+#: How long after the player's "speaking" its first far-end chunk may come (it decodes the sentence in between).
+FAR_END_GRACE_S = 0.5
+#: Speech over the device kept until it is found to be a person (or not), besides the pre-roll.
+PENDING_KEEP_MS = 1200
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,7 @@ class Interpreter:
         self._load_aec()
         self._pending: list[bytes] | None = None  # speech over the device's voice, until it is a barge-in
         self._bad_references = 0
+        self._far_end_promised: float | None = None  # when the player said it speaks, its far end not yet here
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -342,6 +347,7 @@ class Interpreter:
                 log.warning("interpreter: bad reference audio dropped (%s)", str(exc)[:200])
             self._bad_references += 1
             return
+        self._far_end_promised = None
         self.aec.reference(message.start, samples, now)
 
     def duplex(self) -> bool:
@@ -349,6 +355,20 @@ class Interpreter:
         the device's own voice would reach the recognizer: the half-duplex guard applies)."""
         return (self.aec is not None and self.settings.barge_in.enabled
                 and time.monotonic() - self.aec.far_until < 1.0)
+
+    def awaiting_far_end(self) -> bool:
+        """The player said it speaks, and that it sends its far end, which has not arrived yet (its state goes out
+        before the sentence is decoded). It sends the far end before it plays, so the microphone still hears only the
+        room: an utterance under way goes on. If none arrives within ``FAR_END_GRACE_S``, half-duplex."""
+        promised = self._far_end_promised
+        if promised is None or self.aec is None or not self.settings.barge_in.enabled or not self.echo_guard.speaking:
+            return False
+        if self.clock() - promised < FAR_END_GRACE_S:
+            return True
+        log.warning("interpreter: the player speaks but sent no far end within %.1f s; half-duplex for this answer",
+                    FAR_END_GRACE_S)
+        self._far_end_promised = None
+        return False
 
     # -- echo guard --------------------------------------------------------------------------------------------------
 
@@ -358,7 +378,12 @@ class Interpreter:
         except ProtocolError as exc:
             log.warning("interpreter: bad player state: %s", exc)
             return
-        self.echo_guard.on_player_state(state.state == "speaking", state.request_id, self.clock())
+        speaking = state.state == "speaking"
+        if not speaking:
+            self._far_end_promised = None
+        elif state.far_end and not self.echo_guard.speaking and not self.duplex():
+            self._far_end_promised = self.clock()
+        self.echo_guard.on_player_state(speaking, state.request_id, self.clock())
         if state.state == "speaking":
             self._answer_heard = True  # (what the person says after it is a new question; over it, maybe not)
         self.state_changed.set()
@@ -388,7 +413,7 @@ class Interpreter:
         if duplex and self.aec is not None:  # the device is speaking (or just was): its own voice taken out
             frame_s = self.settings.vad.frame_ms / 1000
             frame = self.aec.frame(frame, getattr(self.source, "last_captured_at", None) or time.monotonic() - frame_s)
-        muted = self.muted() and not duplex
+        muted = self.muted() and not duplex and not self.awaiting_far_end()
         # While the stop word is being said, all of it goes to the stop-word listener, even after the player has
         # stopped: the rest of "그만" must not become a question.
         if muted or self.stop_word.active:
@@ -422,15 +447,17 @@ class Interpreter:
                 await self._start_utterance(event.preroll)
             elif isinstance(event, SpeechAudio) and self._pending is not None:
                 self._pending.append(event.frame)
-                # Only the pre-roll before the person's voice goes to the recognizer, not seconds of the device's
-                # own voice that held the VAD open before they spoke.
-                keep = self.settings.vad.frames(self.settings.vad.preroll_ms) + 2 * self.barge.settings.frames
-                del self._pending[:-keep]
+                # Not seconds of the device's own voice that held the VAD open before they spoke go to the
+                # recognizer; but their first words do, though a canceller still learning the room (its first
+                # second) may take that long to let enough of the person through.
+                del self._pending[:-self.settings.vad.frames(self.settings.vad.preroll_ms + PENDING_KEEP_MS)]
                 if self._over_the_device:
                     await self._barge_in()
             elif isinstance(event, SpeechEnded) and self._pending is not None:
                 self._pending = None  # the device's own voice, or a sound too short to stop it: dropped
             elif isinstance(event, SpeechAudio) and self._utterance:
+                if self._over_the_device and self.echo_guard.speaking:
+                    self._stop_answer()  # the device began an answer while the person was talking: it gives way
                 utterance = self._utterance
                 self.stt_bytes += len(event.frame)
                 await utterance.transcriber.send(event.frame)
@@ -487,6 +514,11 @@ class Interpreter:
         """A person is talking over the device (or it stopped by itself meanwhile): stop the answer, and what they
         say is the next question (or, over an early answer, the rest of its question: edge/turn.py)."""
         frames, self._pending = self._pending or [], None
+        cutting = self._stop_answer()
+        await self._start_utterance(frames, barged_in=True, cutting=cutting)
+
+    def _stop_answer(self) -> str | None:
+        """The person talks over the device: the answer playing (if it still is) stops. Returns what was cut."""
         guard = self.echo_guard
         cutting = guard.player_request if guard.speaking else None
         if guard.speaking:
@@ -497,7 +529,8 @@ class Interpreter:
             self._emit_event("barge_in", guard.player_request)
             guard.stopped()
         self.barge.reset()
-        await self._start_utterance(frames, barged_in=True, cutting=cutting)
+        self._over_the_device = False
+        return cutting
 
     async def _finish(self, utterance: _Utterance, speech_end: int, *, after: asyncio.Task[None] | None) -> None:
         """The recognizer's final result, handed to the turn detector in the order the utterances were said."""

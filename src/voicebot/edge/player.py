@@ -425,7 +425,7 @@ class Player:
 
     def _send_state(self, request_id: str | None) -> None:
         self._state_sent_at = self.clock()
-        self._send(self.topics.player_state, PlayerStateMessage(state=self.state, request_id=request_id),
+        self._send(self.topics.player_state, PlayerStateMessage(state=self.state, request_id=request_id, far_end=True),
                    QOS_AT_MOST_ONCE)
 
     def _next_heartbeat(self) -> float | None:
