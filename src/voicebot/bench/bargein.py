@@ -296,6 +296,8 @@ async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_
                 and e.type in ("cancelled", "interrupted")), None)
     return {"onset": onset, "stopped": stopped, "cut": cut is not None, "barge_ins": interpreter.barge_ins,
             "latency_ms": round((stopped - onset) * 1000, 1) if onset and stopped and cut else None,
+            "decided_ms": round((interpreter.barged_in_at - onset) * 1000, 1)
+            if onset and interpreter.barged_in_at else None,
             "transcripts": [m.text for m in transcripts if m.state == "completed"]}
 
 
@@ -320,7 +322,7 @@ def latency(broker_url: str, trials: int, stt: Any) -> dict[str, Any]:
         r = asyncio.run(live_trial(broker_url, f"lat-{i}", room=ROOMS[i % len(ROOMS)],
                                    person_after_s=1.0 + (0.37 * i) % 2.0, question=question, answer=answer, stt=stt,
                                    volume=(1.0, 0.5, 0.75)[i % 3]))
-        rows.append({k: r[k] for k in ("latency_ms", "cut", "barge_ins", "transcripts")})
+        rows.append({k: r[k] for k in ("latency_ms", "decided_ms", "cut", "barge_ins", "transcripts")})
     values = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
     return {"trials": rows, "p50": pct(values, 0.5), "p95": pct(values, 0.95),
             "missed": sum(1 for r in rows if not r["cut"])}

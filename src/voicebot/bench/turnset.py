@@ -4,17 +4,20 @@ Forty two-clause Korean questions (espeak-ng, in a quiet room of about -60 dBFS)
 interpreter and player on the local stack. Half pause after a clause that sounds finished and then go on ("네
 알겠어요. | 그런데 내일은 어때요?"), half pause after a connective ("오늘 날씨가 좋은데 | 산책 갈까요?"); each half
 has ten pauses of 250-600 ms and ten of 700-2000 ms. A synthetic streaming recognizer shows each word when its sound
-has ended, ``lag`` ms later still, and gives the final result 300 ms after the stream ends. Half-duplex (BargeIn off):
-what the end of turn alone does; with full duplex the rest of a question said over an answer barges in.
+has ended, ``lag`` ms later still, and gives the final result 300 ms after the stream ends. Half-duplex (BargeIn off)
+by default: what the end of turn alone does; ``--full-duplex``: the player's far end reaches the interpreter (a room
+where the microphone does not hear the speaker), and the rest of a question said over an early answer barges in.
 
 Counted per way to end a turn (edge/turn.py) and recognizer lag, per question:
 
 - premature: a completed transcript went out before the person finished the question;
 - withdrawn: one of those was withdrawn (cancelled before it played, replaced by the whole question);
 - half answered: the device started to play an answer to a transcript without the second clause;
-- lost: no completed transcript carried both clauses (the rest of the question was dropped or asked on its own).
+- lost: no completed transcript carried both clauses (the rest of the question was dropped or asked on its own);
+- barged in: (full duplex) the person's going on stopped an answer that was playing.
 
-Run: ``python -m voicebot.bench.turnset [--lags 0,500] [--json FILE]`` (about 80 s per lag on 2 cores).
+Run: ``python -m voicebot.bench.turnset [--lags 0,500] [--modes both] [--full-duplex] [--json FILE]`` (about 80 s
+per lag on 2 cores).
 """
 
 from __future__ import annotations
@@ -212,10 +215,11 @@ class Outcome:
     withdrawn: int = 0
     half_answered: bool = False
     lost: bool = False
+    barged_in: bool = False
 
 
 async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list[Question],
-                   model: SmartTurnModel) -> list[Outcome]:
+                   model: SmartTurnModel, *, full_duplex: bool = False) -> list[Outcome]:
     lane = Lane()
     thing = f"set-{label}"
     topics = Topics(ROOT, thing)
@@ -231,7 +235,7 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
 
     interpreter = Interpreter(transport, topics, lane, TimedRecognizer(lane, lag_ms / 1000),
                               InterpreterSettings(vad=VadSettings(end_of_turn=mode),
-                                                  barge_in=BargeInSettings(enabled=False)),  # (as measured: below)
+                                                  barge_in=BargeInSettings(enabled=full_duplex)),
                               on_transcript=on_transcript,
                               turn_model=model)
     stop = asyncio.Event()
@@ -241,6 +245,7 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
         for q in items:
             sent.clear()
             lane.spoken.clear()
+            barge_ins = interpreter.barge_ins
             await lane.pending.put(q)
             await asyncio.wait_for(lane.spoken.wait(), 30)
             whole = letters(q.text)
@@ -263,6 +268,7 @@ async def run_lane(stack: Stack, mode: str, lag_ms: int, label: str, items: list
             outcome.half_answered = any(device.started[m.request_id].is_set() for _, m in sent
                                         if letters(q.second) not in letters(m.text))
             outcome.lost = asked_whole() is None
+            outcome.barged_in = interpreter.barge_ins > barge_ins
             outcomes.append(outcome)
             await asyncio.sleep(1.0)  # (what is still on its way for this question)
             for rid in {m.request_id for _, m in sent} | {device.player.queue.active_request} - {None}:
@@ -286,6 +292,7 @@ def report(outcomes: list[Outcome]) -> dict[str, Any]:
         n = len(items)
         return {"questions": n, "premature": sum(o.premature for o in items),
                 "withdrawn": sum(o.withdrawn for o in items), "half_answered": sum(o.half_answered for o in items),
+                "barged_in": sum(o.barged_in for o in items),
                 "lost": sum(o.lost for o in items),
                 "half_answered_pct": round(100 * sum(o.half_answered for o in items) / n, 1) if n else None}
 
@@ -298,7 +305,8 @@ def report(outcomes: list[Outcome]) -> dict[str, Any]:
                           o.half_answered, "lost": o.lost} for o in outcomes if o.half_answered or o.lost]}
 
 
-def measure(stack: Stack, *, lags_ms: tuple[int, ...], lanes: int = 5, limit: int = 0) -> dict[str, Any]:
+def measure(stack: Stack, *, lags_ms: tuple[int, ...], lanes: int = 5, limit: int = 0,
+            modes: tuple[str, ...] = MODES, full_duplex: bool = False) -> dict[str, Any]:
     """Every question through each way to end a turn, for each lag: the four modes at once, ``lanes`` devices
     each."""
     items = questions()
@@ -308,13 +316,13 @@ def measure(stack: Stack, *, lags_ms: tuple[int, ...], lanes: int = 5, limit: in
     result: dict[str, Any] = {}
     for lag in lags_ms:
         async def sweep(lag: int = lag) -> list[list[Outcome]]:
-            jobs = [run_lane(stack, mode, lag, f"{mode}-{lag}-{i}", items[i::lanes], model)
-                    for mode in MODES for i in range(lanes)]
+            jobs = [run_lane(stack, mode, lag, f"{mode}-{lag}-{i}", items[i::lanes], model, full_duplex=full_duplex)
+                    for mode in modes for i in range(lanes)]
             return await asyncio.gather(*jobs)
 
         runs = asyncio.run(sweep())
         result[str(lag)] = {mode: report([o for r in runs[m * lanes:(m + 1) * lanes] for o in r])
-                            for m, mode in enumerate(MODES)}
+                            for m, mode in enumerate(modes)}
     return result
 
 
@@ -326,7 +334,8 @@ def table(result: dict[str, Any]) -> str:
             a, s = r["all"], r["pause_250_600"]
             lines.append(f"  lag {lag:>4} ms  {mode:<9} {a['premature']:>3} / {a['withdrawn']:>3} / "
                          f"{a['half_answered']:>3} / {a['lost']:>3}   short pauses: half answered "
-                         f"{s['half_answered']} ({s['half_answered_pct']} %), lost {s['lost']}")
+                         f"{s['half_answered']} ({s['half_answered_pct']} %), lost {s['lost']}"
+                         + (f"   barged in {a['barged_in']}" if a.get("barged_in") else ""))
     return "\n".join(lines)
 
 
@@ -335,12 +344,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lags", default="0,500", help="recognizer partial lags, comma-separated ms")
     p.add_argument("--lanes", type=int, default=5, help="devices per mode at once")
     p.add_argument("--limit", type=int, default=0, help="only this many questions (0: all 40)")
+    p.add_argument("--modes", default=",".join(MODES), help="ways to end a turn, comma-separated")
+    p.add_argument("--full-duplex", action="store_true", help="barge-in on: the player's far end reaches the "
+                   "interpreter, and speech over an answer stops it")
     p.add_argument("--json", help="write the figures to this file")
     args = p.parse_args(argv)
     stack = start_stack(BackendSettings(), workers=64)
     try:
         result = measure(stack, lags_ms=tuple(int(v) for v in args.lags.split(",")), lanes=args.lanes,
-                         limit=args.limit)
+                         limit=args.limit, modes=tuple(args.modes.split(",")), full_duplex=args.full_duplex)
     finally:
         stack.close()
     print(table(result))

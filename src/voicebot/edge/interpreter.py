@@ -161,6 +161,7 @@ class Interpreter:
         self._load_turn_model()
         self.barge = BargeInDetector(s.barge_in)
         self.barge_ins = 0
+        self.barged_in_at: float | None = None  # (monotonic) the latest barge-in: the benchmark's
         self.aec: EchoCanceller | None = None
         self._aec_problem = ""
         self._load_aec()
@@ -523,6 +524,7 @@ class Interpreter:
         cutting = guard.player_request if guard.speaking else None
         if guard.speaking:
             self.barge_ins += 1
+            self.barged_in_at = time.monotonic()
             log.info("barge-in: stopping %s", (guard.player_request or "?")[-8:])
             self._send(self.topics.control, ControlMessage(action="cancel", request_id=guard.player_request),
                        QOS_AT_MOST_ONCE)
