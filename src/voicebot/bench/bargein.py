@@ -82,7 +82,7 @@ def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | 
         if n / RATE >= warmup_s:
             e_in += float(np.sum(mic[n:n + FRAME].astype(np.float64) ** 2))
             e_out += float(np.sum(out[n:n + FRAME].astype(np.float64) ** 2))
-        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db):
+        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning):
             triggers += 1
             detector.reset()
     cpu = time.process_time() - started
@@ -294,10 +294,11 @@ async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_
         t.close()
     cut = next((e.type for _, e in events if e.request_id == rid and e.seq is None
                 and e.type in ("cancelled", "interrupted")), None)
+    stopped = stopped + live.sink.latency_s if stopped else None  # (what was in the speaker's buffer still plays)
     return {"onset": onset, "stopped": stopped, "cut": cut is not None, "barge_ins": interpreter.barge_ins,
             "latency_ms": round((stopped - onset) * 1000, 1) if onset and stopped and cut else None,
             "decided_ms": round((interpreter.barged_in_at - onset) * 1000, 1)
-            if onset and interpreter.barged_in_at else None,
+            if onset and interpreter.barged_in_at else None, "early_frames": live.early_frames,
             "transcripts": [m.text for m in transcripts if m.state == "completed"]}
 
 
@@ -322,7 +323,8 @@ def latency(broker_url: str, trials: int, stt: Any) -> dict[str, Any]:
         r = asyncio.run(live_trial(broker_url, f"lat-{i}", room=ROOMS[i % len(ROOMS)],
                                    person_after_s=1.0 + (0.37 * i) % 2.0, question=question, answer=answer, stt=stt,
                                    volume=(1.0, 0.5, 0.75)[i % 3]))
-        rows.append({k: r[k] for k in ("latency_ms", "decided_ms", "cut", "barge_ins", "transcripts")})
+        rows.append({k: r[k] for k in ("latency_ms", "decided_ms", "early_frames", "cut", "barge_ins",
+                                       "transcripts")})
     values = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
     return {"trials": rows, "p50": pct(values, 0.5), "p95": pct(values, 0.95),
             "missed": sum(1 for r in rows if not r["cut"])}

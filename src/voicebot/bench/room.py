@@ -72,12 +72,16 @@ class LiveRoom:
         self.rng = np.random.default_rng(self.room.seed + 1)
         self.sink = RoomSink(self)
         self.microphone = RoomMicrophone(self)
+        self.written_until = 0  # the speaker's samples are in the room up to here
+        self.early_frames = 0
+        """Microphone frames built before the speaker had written what they hear (the rig's own check: 0)."""
 
     def sample_at(self, t: float) -> int:
         return int(round((t - self.t0) * RATE))
 
     def speaker_wrote(self, start: int, samples: np.ndarray) -> None:
         self._speaker[np.arange(start, start + len(samples)) % len(self._speaker)] = samples.astype(np.float64)
+        self.written_until = max(self.written_until, start + len(samples))
 
     def say(self, samples: np.ndarray, at: float) -> None:
         """The person speaks ``samples`` from monotonic time ``at`` on."""
@@ -93,6 +97,8 @@ class LiveRoom:
         """The microphone's frame from sample ``start``: the echo, the person, the noise."""
         delay = int(self.room.delay_s * RATE)
         span = len(self.ir) - 1
+        if 0 < self.written_until < start + FRAME - delay and self.sink.playing:
+            self.early_frames += 1
         played = self._played(start - delay - span, FRAME + span)
         echo = np.convolve(played, self.ir, mode="valid")[:FRAME]
         out = echo + noise(FRAME, self.room, self.rng)
@@ -107,24 +113,34 @@ class LiveRoom:
 
 
 class RoomSink:
-    """The player's speaker in the room: plays in real time, 20 ms blocks, each into the room when it plays."""
+    """The player's speaker in the room: 20 ms blocks written ``latency_s`` ahead of the moment they play, as into a
+    sound card's buffer (the player stamps its far end with that latency); what is written plays, even if the player
+    stops meanwhile. Written ahead, a block is in the room before any microphone frame can hear it, however busy the
+    process (written just in time, a late block left holes in the echo that no real speaker makes)."""
+
+    latency_s = 0.03
 
     def __init__(self, live: LiveRoom) -> None:
         self.live = live
         self.sample_rate = RATE
         self.seconds_played = 0.0
+        self.playing = False
 
     async def play(self, samples: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = loop.time() + self.latency_s  # when the first sample is heard
         step = RATE // 50
-        for i in range(0, len(samples), step):
-            block = samples[i:i + step]
-            at = start + i / RATE
-            await asyncio.sleep(max(0.0, at - loop.time()))
-            self.live.speaker_wrote(self.live.sample_at(at), block)
-            self.seconds_played += len(block) / RATE
-        await asyncio.sleep(max(0.0, start + len(samples) / RATE - loop.time()))
+        self.playing = True
+        try:
+            for i in range(0, len(samples), step):
+                block = samples[i:i + step]
+                at = start + i / RATE
+                await asyncio.sleep(max(0.0, at - self.latency_s - loop.time()))
+                self.live.speaker_wrote(self.live.sample_at(at), block)
+                self.seconds_played += len(block) / RATE
+            await asyncio.sleep(max(0.0, start + len(samples) / RATE - loop.time()))
+        finally:
+            self.playing = False
 
     def close(self) -> None:
         pass

@@ -36,6 +36,8 @@ FAR_ACTIVE_DB = -50.0
 PERSON_MARGIN_DB = 10.0
 #: Frames of the device's speech before its echo's loudness is known (and how many are kept: ~9 s).
 ECHO_GAIN_MIN, ECHO_GAIN_KEEP = 10, 300
+#: The device's speech (frames) AEC3 needs to learn the room after it starts: until then it lets bursts of it through.
+LEARNING_FRAMES = 67  # 2 s
 
 
 class EchoCancellerUnavailable(RuntimeError):
@@ -76,6 +78,8 @@ class EchoCanceller:
         self.far_db = -120.0
         """The loudest 10 ms of the far end whose echo can be in the latest frame."""
         self._echo_gain: deque[float] = deque(maxlen=ECHO_GAIN_KEEP)  # microphone minus far end, device speaking
+        self.far_frames = 0
+        """Frames processed while the device spoke (bounded at ``LEARNING_FRAMES``)."""
         self.passed = 0
         """Frames passed as the microphone heard them (louder than any echo: the person's)."""
 
@@ -130,6 +134,7 @@ class EchoCanceller:
         self.far_db = self._loudest_far(captured_at, len(mic))
         if self.far_db <= FAR_ACTIVE_DB:
             return cleaned
+        self.far_frames = min(LEARNING_FRAMES, self.far_frames + 1)
         gain = self.echo_gain_db
         if gain is not None and self.mic_db >= self.far_db + gain + PERSON_MARGIN_DB:
             self.passed += 1  # AEC3 would have taken the person down with an echo that cannot be this loud
@@ -137,6 +142,11 @@ class EchoCanceller:
             return pcm
         self._echo_gain.append(self.mic_db - self.far_db)  # (not the person's frames: they are no echo)
         return cleaned
+
+    @property
+    def learning(self) -> bool:
+        """Still learning the room: less than ``LEARNING_FRAMES`` of the device's speech since it started."""
+        return self.far_frames < LEARNING_FRAMES
 
     @property
     def echo_gain_db(self) -> float | None:

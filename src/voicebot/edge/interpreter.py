@@ -429,7 +429,8 @@ class Interpreter:
             if self.aec is not None and (self._pending is not None or (duplex and self.echo_guard.speaking)):
                 # (a pending utterance stays pending until it is a person, even if the device stopped meanwhile)
                 mic_db, out_db = (self.aec.mic_db, self.aec.out_db) if duplex else (level_db(raw), level_db(raw))
-                self._over_the_device = self.barge.frame(self.vad.last_voiced, mic_db, out_db)
+                self._over_the_device = self.barge.frame(self.vad.last_voiced, mic_db, out_db,
+                                                         learning=duplex and self.aec.learning)
             else:
                 self.barge.reset()
                 self._over_the_device = False
