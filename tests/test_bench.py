@@ -67,6 +67,9 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert b["latency_ms"]["p50"] is not None and b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
     assert all(t["cut"] for t in b["trials"]) and len(b["transcripts"]["questions"]) == 6
     assert "false barge-ins per 10 min" in proc.stdout
+    sweep = b["decision_sweep_ms"]  # decided offline: the same trials, far end 1-15 ms off, cold and warm canceller
+    assert all(sweep[k]["runs"] == 20 and sweep[k]["before_onset"] == 0 and sweep[k]["p50"] > 0 for k in ("cold", "warm"))
+    assert set(sweep["cold"]["by_room_attenuation_db"]) == {"0.0", "3.0", "6.0", "9.0", "12.0"}
 
 
 def test_the_synthetic_recognizer_shows_only_the_words_already_spoken():

@@ -7,6 +7,8 @@ never itself?
   minutes of device speech with nobody talking, at volumes from 0.25 to 1.0, reported per 10 minutes (offline).
 - ``latency``: the real player and interpreter in a live room, in real time: the device speaks an answer, a person
   starts a question over it at a chosen moment; from the person's speech onset to the player stopping.
+- ``decision sweep``: when the barge-in is decided, offline, for the same trials with the far end 1-15 ms off its
+  echo, through a canceller just started and one that has heard the room before, by room.
 - ``transcripts``: Vosk on a question spoken over the device's answer (after cancellation) vs the same question in a
   quiet room.
 - ``cost``: CPU per second of audio of the echo canceller on this machine.
@@ -87,6 +89,60 @@ def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | 
             detector.reset()
     cpu = time.process_time() - started
     return OfflineRun(round(float(10 * np.log10(e_in / max(e_out, 1.0))), 1), triggers, len(mic) / RATE, cpu, out)
+
+
+def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15)) -> dict[str, Any]:
+    """When the barge-in is decided, offline: the live trials' rooms, volumes, onsets and questions, each replayed
+    with the far end 1-15 ms off its echo (two processes never line up to the sample, and AEC3's double-talk
+    handling turns on such details), through a canceller just started (the first answer after the interpreter starts,
+    as in the live trials) and through one that has heard the device in this room before (every later answer).
+    Decision time only: the live trials add the control message and the speaker's buffer."""
+    answer = np.concatenate([speech(a) for a in ANSWERS]).astype(np.float64)
+    earlier = speech("안녕하세요. 무엇을 도와 드릴까요? 오늘은 날씨가 좋네요.").astype(np.float64)
+    questions = [speech(q).astype(np.float64) for q in QUESTIONS]
+    rows: list[dict[str, Any]] = []
+    for i in range(trials):
+        room, volume, at = ROOMS[i % len(ROOMS)], (1.0, 0.5, 0.75)[i % 3], 1.0 + (0.37 * i) % 2.0
+        question = questions[i % len(questions)]
+        n = int((at + 3.0) * RATE)
+        played = np.pad(answer[:n] * volume, (0, max(0, n - len(answer))))
+        onset = int(at * RATE)
+        mic = echo_of(played, room) + noise(n, room, np.random.default_rng(i))
+        mic[onset:onset + len(question)] += question[: n - onset]
+        mic16, played16 = to_int16(mic), to_int16(played)
+        before = earlier * volume
+        before_mic = to_int16(echo_of(before, room) + noise(len(before), room, np.random.default_rng(100 + i)))
+        for warm in (False, True):
+            for offset in offsets_ms:
+                aec, detector, is_speech = EchoCanceller(), BargeInDetector(), _vad()
+                if warm:  # the device spoke in this room a minute ago
+                    aec.reference(-60.0 - offset / 1000, to_int16(before), -60.0)
+                    for k in range(0, len(before_mic) - FRAME + 1, FRAME):
+                        aec.frame(before_mic[k:k + FRAME].tobytes(), -60.0 + k / RATE)
+                aec.reference(-offset / 1000, played16, 0.0)
+                decided: float | None = None
+                for k in range(0, n - FRAME + 1, FRAME):
+                    cleaned = aec.frame(mic16[k:k + FRAME].tobytes(), k / RATE)
+                    if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning):
+                        decided = (k + FRAME - onset) / RATE * 1000
+                        break
+                rows.append({"warm": warm, "attenuation_db": room.attenuation_db, "volume": volume,
+                             "offset_ms": offset, "decided_ms": decided})
+
+    def summary(selected: list[dict[str, Any]]) -> dict[str, Any]:
+        values = [r["decided_ms"] for r in selected if r["decided_ms"] is not None and r["decided_ms"] > 0]
+        return {"p50": pct(values, 0.5), "p95": pct(values, 0.95), "runs": len(selected),
+                "before_onset": sum(1 for r in selected if r["decided_ms"] is not None and r["decided_ms"] <= 0),
+                "missed": sum(1 for r in selected if r["decided_ms"] is None)}
+
+    out: dict[str, Any] = {}
+    for warm in (False, True):
+        mine = [r for r in rows if r["warm"] is warm]
+        out["warm" if warm else "cold"] = {
+            **summary(mine), "by_room_attenuation_db": {
+                str(att): summary([r for r in mine if r["attenuation_db"] == att])
+                for att in sorted({r["attenuation_db"] for r in mine})}}
+    return out
 
 
 def device_speech(minutes: float, volume: float, seed: int = 0) -> np.ndarray:
@@ -212,6 +268,7 @@ def measure(broker_url: str, *, minutes: float, trials: int, vosk: Any) -> dict[
     live = latency(broker_url, trials, vosk)
     return {"erle_db": quiet["erle_db"], "false_per_10min": quiet["false_per_10min"],
             "latency_ms": {"p50": live["p50"], "p95": live["p95"]}, "missed": live["missed"],
+            "decision_sweep_ms": decision_sweep(trials=max(5, trials)),
             "rooms": quiet["rooms"], "device_speech_minutes": quiet["device_speech_minutes"],
             "trials": live["trials"], "transcripts": transcripts(vosk), "cost": cost()}
 

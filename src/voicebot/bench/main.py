@@ -284,6 +284,10 @@ def table(r: dict[str, Any]) -> str:
                 b["false_per_10min"], "target 0"),
             row("  latency, speech onset -> playback stopped p50 / p95 (ms)",
                 f"{b['latency_ms']['p50']} / {b['latency_ms']['p95']}", "target p95 <= 400"),
+            row("  decided, offline, p50 / p95 (ms): canceller just started / warm",
+                f"{b['decision_sweep_ms']['cold']['p50']} / {b['decision_sweep_ms']['cold']['p95']}, "
+                f"{b['decision_sweep_ms']['warm']['p50']} / {b['decision_sweep_ms']['warm']['p95']}",
+                "far end 1-15 ms off"),
             row("  Vosk words kept, question over the answer vs quiet (%)", b["transcripts"]["words_kept_pct"]),
             row("  echo canceller: RSS added (MB) / CPU per s of audio (%)",
                 f"{b['cost']['rss_mb_added']} / {b['cost']['cpu_percent_per_audio_second']}"),
