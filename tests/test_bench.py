@@ -66,6 +66,7 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert b["erle_db"] > 10 and b["false_per_10min"] >= 0 and b["device_speech_minutes"] >= 0.4
     assert b["latency_ms"]["p50"] is not None and b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
     assert all(t["cut"] for t in b["trials"]) and len(b["transcripts"]["questions"]) == 6
+    assert 0 <= b["transcripts"]["words_kept_pct"] <= 100 and 0 < b["transcripts"]["words_kept_again_pct"] <= 100
     assert "false barge-ins per 10 min" in proc.stdout
     sweep = b["decision_sweep_ms"]  # decided offline: the same trials, far end 1-15 ms off, cold and warm canceller
     assert all(sweep[k]["runs"] == 20 and sweep[k]["before_onset"] == 0 and sweep[k]["p50"] > 0 for k in ("cold", "warm"))

@@ -288,7 +288,8 @@ def table(r: dict[str, Any]) -> str:
                 f"{b['decision_sweep_ms']['cold']['p50']} / {b['decision_sweep_ms']['cold']['p95']}, "
                 f"{b['decision_sweep_ms']['warm']['p50']} / {b['decision_sweep_ms']['warm']['p95']}",
                 "far end 1-15 ms off"),
-            row("  Vosk words kept, question over the answer vs quiet (%)", b["transcripts"]["words_kept_pct"]),
+            row("  Vosk words kept, question over the answer vs quiet (%)", b["transcripts"]["words_kept_pct"],
+                f"the same question again in the quiet: {b['transcripts']['words_kept_again_pct']}"),
             row("  echo canceller: RSS added (MB) / CPU per s of audio (%)",
                 f"{b['cost']['rss_mb_added']} / {b['cost']['cpu_percent_per_audio_second']}"),
         ]
