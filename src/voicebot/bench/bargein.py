@@ -65,30 +65,38 @@ class OfflineRun:
     seconds: float
     cpu_s: float
     cleaned: np.ndarray = field(repr=False)
+    triggered_at_s: list[float] = field(default_factory=list)
+    """When each barge-in was decided (the end of its frame, from the start of ``mic``)."""
 
 
 def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | None = None,
-            warmup_s: float = 1.0) -> OfflineRun:
-    aec = EchoCanceller()
+            warmup_s: float = 1.0, aec: EchoCanceller | None = None, start_s: float = 0.0,
+            far_offset_s: float = 0.0) -> OfflineRun:
+    """``aec``: a canceller that has heard this room before (a new one if None); ``start_s``: where on its timeline
+    this signal starts; ``far_offset_s``: how much earlier than its echo the far end is stamped (two processes never
+    line up to the sample)."""
+    aec = aec or EchoCanceller()
     detector = BargeInDetector(settings)
     is_speech = _vad()
-    next_ref, e_in, e_out, triggers = 0, 0.0, 0.0, 0
+    next_ref, e_in, e_out, triggered = 0, 0.0, 0.0, []
     out = np.zeros(len(mic), dtype=np.int16)
     started = time.process_time()
     for n in range(0, len(mic) - FRAME + 1, FRAME):
         while next_ref < len(played) and next_ref <= n + 3200:  # (the reference arrives ~200 ms ahead)
-            aec.reference(next_ref / RATE, played[next_ref:next_ref + 1600], n / RATE)
+            aec.reference(start_s + next_ref / RATE - far_offset_s, played[next_ref:next_ref + 1600],
+                          start_s + n / RATE)
             next_ref += 1600
-        cleaned = aec.frame(mic[n:n + FRAME].tobytes(), n / RATE)
+        cleaned = aec.frame(mic[n:n + FRAME].tobytes(), start_s + n / RATE)
         out[n:n + FRAME] = np.frombuffer(cleaned, dtype="<i2")
         if n / RATE >= warmup_s:
             e_in += float(np.sum(mic[n:n + FRAME].astype(np.float64) ** 2))
             e_out += float(np.sum(out[n:n + FRAME].astype(np.float64) ** 2))
         if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning):
-            triggers += 1
+            triggered.append((n + FRAME) / RATE)
             detector.reset()
     cpu = time.process_time() - started
-    return OfflineRun(round(float(10 * np.log10(e_in / max(e_out, 1.0))), 1), triggers, len(mic) / RATE, cpu, out)
+    return OfflineRun(round(float(10 * np.log10(e_in / max(e_out, 1.0))), 1), len(triggered), len(mic) / RATE, cpu,
+                      out, triggered)
 
 
 def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15)) -> dict[str, Any]:
@@ -106,26 +114,17 @@ def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15
         question = questions[i % len(questions)]
         n = int((at + 3.0) * RATE)
         played = np.pad(answer[:n] * volume, (0, max(0, n - len(answer))))
-        onset = int(at * RATE)
         mic = echo_of(played, room) + noise(n, room, np.random.default_rng(i))
-        mic[onset:onset + len(question)] += question[: n - onset]
-        mic16, played16 = to_int16(mic), to_int16(played)
+        mic[int(at * RATE):int(at * RATE) + len(question)] += question[: n - int(at * RATE)]
         before = earlier * volume
         before_mic = to_int16(echo_of(before, room) + noise(len(before), room, np.random.default_rng(100 + i)))
         for warm in (False, True):
             for offset in offsets_ms:
-                aec, detector, is_speech = EchoCanceller(), BargeInDetector(), _vad()
+                aec = EchoCanceller()
                 if warm:  # the device spoke in this room a minute ago
-                    aec.reference(-60.0 - offset / 1000, to_int16(before), -60.0)
-                    for k in range(0, len(before_mic) - FRAME + 1, FRAME):
-                        aec.frame(before_mic[k:k + FRAME].tobytes(), -60.0 + k / RATE)
-                aec.reference(-offset / 1000, played16, 0.0)
-                decided: float | None = None
-                for k in range(0, n - FRAME + 1, FRAME):
-                    cleaned = aec.frame(mic16[k:k + FRAME].tobytes(), k / RATE)
-                    if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning):
-                        decided = (k + FRAME - onset) / RATE * 1000
-                        break
+                    offline(to_int16(before), before_mic, aec=aec, start_s=-60.0, far_offset_s=offset / 1000)
+                run = offline(to_int16(played), to_int16(mic), aec=aec, far_offset_s=offset / 1000)
+                decided = round((run.triggered_at_s[0] - at) * 1000, 1) if run.triggered_at_s else None
                 rows.append({"warm": warm, "attenuation_db": room.attenuation_db, "volume": volume,
                              "offset_ms": offset, "decided_ms": decided})
 
