@@ -41,6 +41,8 @@ from voicebot.protocol import TranscriptMessage, new_request_id, now_ms
 log = logging.getLogger(__name__)
 
 ENDED_BY_TEXT = "the words sound finished"
+#: A barge-in that cuts an early answer completes that question if it comes this soon after the early end.
+OVER_IT_MS = 10_000
 EndOfTurnMode = Literal["hangover", "text", "audio", "both"]
 MODES: tuple[EndOfTurnMode, ...] = ("hangover", "text", "audio", "both")
 
@@ -183,11 +185,11 @@ class TurnDetector:
 
     def started(self, now: int, *, cutting: str | None = None) -> tuple[Turn, list[Action]]:
         """Speech started: a new turn, which continues the last early-ended one if it came soon enough, or if it is
-        a barge-in that cuts that early turn's answer (``cutting``: the request being stopped) within 10 s."""
+        a barge-in that cuts that early turn's answer (``cutting``: the request being stopped) within ``OVER_IT_MS``."""
         turn = Turn(self.new_id(), voice_end=now)
         actions: list[Action] = []
         early, self._early = self._early, None
-        over_it = early is not None and cutting == early.request_id and now - early.at <= 10_000
+        over_it = early is not None and cutting == early.request_id and now - early.at <= OVER_IT_MS
         if early is not None and (now - early.at <= self.settings.continuation_ms or over_it):
             actions.append(self._withdraw(early.request_id))
             turn.prefix, turn.replaces = early.text, early.request_id
