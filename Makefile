@@ -4,7 +4,7 @@ VENV   := .venv
 # Where the audio end-of-turn model's weights come from (only two files of it are used; gg-build packs them).
 PIPECAT_VERSION := 1.14.0
 BIN    := $(VENV)/bin
-APT_PACKAGES := mosquitto espeak-ng libportaudio2 libsndfile1
+APT_PACKAGES := mosquitto espeak-ng libportaudio2 libsndfile1 libspeexdsp1
 # What only the tests need: the OS's Chromium (the console's browser tests) and a Korean font for it.
 TEST_APT_PACKAGES := chromium fonts-nanum
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -12,7 +12,8 @@ DEMO_TEXT ?= 안녕하세요, 오늘 서울 날씨는 어때요?
 
 .PHONY: demo test test-fast lint system-deps venv gg-build gg-publish version lock lambda-check clean
 
-## Install the Debian packages that are missing (mosquitto, espeak-ng, PortAudio, libsndfile; for the tests Chromium).
+## Install the Debian packages that are missing (mosquitto, espeak-ng, PortAudio, libsndfile, libspeexdsp; for the tests
+## Chromium).
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES) $(EXTRA_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

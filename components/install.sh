@@ -32,6 +32,10 @@ if [ -n "$missing" ]; then
   echo "voicebot: missing system libraries:$missing. Install them on the device: sudo apt-get install -y$missing" >&2
   exit 1
 fi
+# libspeexdsp (the interpreter's linear echo filter for barge-in) is optional: without it AEC3 alone decides, slower
+# where the speaker sits next to the microphone.
+python3 -c "import ctypes.util, sys; sys.exit(0 if ctypes.util.find_library('speexdsp') else 1)" \
+  || echo "voicebot: libspeexdsp1 is not installed: barge-in is slower over a loud speaker (sudo apt-get install -y libspeexdsp1)" >&2
 echo "voicebot: installing $want into $venv"
 python3 -m venv "$venv"
 rm -f "$stamp"

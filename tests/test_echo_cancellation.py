@@ -12,7 +12,7 @@ import pytest
 from voicebot.bench import bargein
 from voicebot.bench.room import RoomSettings, echo_of, noise, to_int16
 from voicebot.edge.aec import EchoCanceller, level_db
-from voicebot.edge.bargein import BargeInDetector, BargeInSettings
+from voicebot.edge.bargein import BargeInDetector, BargeInSettings, LinearView
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.reference import ReferencePublisher
 from voicebot.messaging import MemoryTransport
@@ -174,3 +174,79 @@ def test_a_canceller_still_learning_the_room_never_lets_the_devices_first_words_
             cuts["learning rule"] += strict.frame(voiced, aec.mic_db, aec.out_db, learning=aec.learning)
             cuts["without it"] += plain.frame(voiced, aec.mic_db, aec.out_db)
         assert cuts["learning rule"] == 0 and cuts["without it"] > 0, (offset_ms, cuts)
+
+
+def test_the_linear_filters_view_makes_a_person_only_when_it_left_most_of_the_frame_and_no_echo():
+    d = BargeInDetector()
+    person = LinearView(voiced=True, level_db=-22.0, corr=0.05)
+    assert d.person(False, -20.0, -55.0, person)  # AEC3 took the person down; the linear filter did not
+    assert not d.person(False, -20.0, -55.0, None)  # (not trusted here: AEC3's output alone)
+    assert not d.person(False, -20.0, -55.0, person._replace(corr=0.6))  # echo like its own estimate: a room change
+    assert not d.person(False, -20.0, -55.0, person._replace(level_db=-38.0))  # 18 dB taken off: the device's echo
+    assert not d.person(False, -20.0, -55.0, person._replace(voiced=False))
+    assert not d.person(False, -45.0, -55.0, person._replace(level_db=-46.0))  # too faint to interrupt
+
+
+def loud_room_answer(person_at_s: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """An answer at full volume where the speaker is as loud at the microphone as the person (0 dB, 10 ms)."""
+    room = bargein.ROOMS[0]
+    played = np.concatenate([bargein.speech(a) for a in bargein.ANSWERS]).astype(np.float64)[: 5 * RATE]
+    mic = echo_of(played, room) + noise(len(played), room, np.random.default_rng(3))
+    if person_at_s is not None:
+        person = bargein.speech("잠깐만요 내일 날씨는 어때요").astype(np.float64)
+        at = int(person_at_s * RATE)
+        mic[at:at + len(person)] += person[: len(mic) - at]
+    return to_int16(played), to_int16(mic)
+
+
+def test_a_linear_filter_that_knows_the_room_hears_a_person_over_an_echo_as_loud_and_aec3_alone_does_not():
+    """Speex's linear filter is trusted once it has shown it takes this room's echo down (not in the first seconds);
+    then a person talking over a full-volume answer is found within 300 ms of audio, where AEC3's output alone, which
+    takes the person down with the echo, needs far longer."""
+    decided = {}
+    for linear in (True, False):
+        aec = EchoCanceller(linear=linear)
+        bargein.warm_up(aec, bargein.ROOMS[0], 1.0)
+        assert aec.linear_trusted is linear
+        played, mic = loud_room_answer(person_at_s=1.6)
+        run = bargein.offline(played, mic, aec=aec, start_s=0.0)
+        decided[linear] = run.triggered_at_s[0] - 1.6 if run.triggered_at_s else None
+    assert decided[True] is not None and 0 < decided[True] <= 0.3, decided
+    assert decided[False] is None or decided[False] > 0.4, decided
+    fresh, (played, mic) = EchoCanceller(), loud_room_answer(None)
+    bargein.offline(played[: 2 * RATE], mic[: 2 * RATE], aec=fresh)
+    assert not fresh.linear_trusted and fresh.linear_view(bargein._vad()) is None  # 2 s in: not yet
+
+
+def test_the_devices_own_voice_after_its_echo_changes_is_never_a_barge_in():
+    """The volume knob turned up 6 dB or the sound card 20 ms later: the linear filter, trusted until then, leaves
+    loud echo for a second or so. It looks like the echo it took off, so it is not a person; without that check it
+    would cut the answer."""
+    room = bargein.ROOMS[0]
+    played = bargein.device_speech(0.5, 1.0, seed=4).astype(np.float64)
+    half = len(played) // 2
+    echo = echo_of(played, room)
+    for after in (echo * 2.0, echo_of(played, RoomSettings(delay_s=room.delay_s + 0.02, attenuation_db=0.0,
+                                                           seed=room.seed))):
+        mic = to_int16(np.concatenate([echo[:half], after[half:]]) + noise(len(played), room,
+                                                                         np.random.default_rng(4)))
+        cuts = {}
+        for max_corr in (0.15, 1.01):
+            aec = EchoCanceller()
+            bargein.offline(to_int16(played[:half]), mic[:half], aec=aec)
+            assert aec.linear_trusted
+            settings = BargeInSettings(linear_max_corr=max_corr)
+            cuts[max_corr] = bargein.offline(to_int16(played[half:]), mic[half:], aec=aec, start_s=half / RATE,
+                                             settings=settings).triggers
+        assert cuts[0.15] == 0 and cuts[1.01] > 0, cuts
+
+
+def test_without_libspeexdsp_the_canceller_runs_on_aec3_alone(monkeypatch, caplog):
+    import ctypes.util
+
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
+    aec = EchoCanceller()
+    assert "libspeexdsp" in caplog.text
+    aec.reference(0.0, np.full(4800, 3000, dtype=np.int16), 0.0)
+    out = aec.frame(np.full(480, 3000, dtype=np.int16).tobytes(), 0.0)
+    assert len(out) == 960 and aec.linear_view(bargein._vad()) is None and not aec.linear_trusted

@@ -6,7 +6,10 @@ never itself?
 - ``false barge-ins``: the same detector the interpreter runs (VAD on the cancelled signal, ``BargeInDetector``) over
   minutes of device speech with nobody talking, at volumes from 0.25 to 1.0, reported per 10 minutes (offline).
 - ``latency``: the real player and interpreter in a live room, in real time: the device speaks an answer, a person
-  starts a question over it at a chosen moment; from the person's speech onset to the player stopping.
+  starts a question over it at a chosen moment; from the person's speech onset to the player stopping. Headline: an
+  interpreter whose canceller has heard the device in this room before (every answer but the first after a start);
+  also the first answer after a start.
+- ``room changes``: false barge-ins when the echo changes under the canceller (volume, position, sound card delay).
 - ``decision sweep``: when the barge-in is decided, offline, for the same trials with the far end 1-15 ms off its
   echo, through a canceller just started and one that has heard the room before, by room.
 - ``transcripts``: Vosk on a question spoken over the device's answer (after cancellation) vs the same question in a
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -77,7 +80,7 @@ def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | 
     line up to the sample)."""
     aec = aec or EchoCanceller()
     detector = BargeInDetector(settings)
-    is_speech = _vad()
+    is_speech, is_linear_speech = _vad(), _vad()
     next_ref, e_in, e_out, triggered = 0, 0.0, 0.0, []
     out = np.zeros(len(mic), dtype=np.int16)
     started = time.process_time()
@@ -91,7 +94,8 @@ def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | 
         if n / RATE >= warmup_s:
             e_in += float(np.sum(mic[n:n + FRAME].astype(np.float64) ** 2))
             e_out += float(np.sum(out[n:n + FRAME].astype(np.float64) ** 2))
-        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning):
+        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning,
+                          linear=aec.linear_view(is_linear_speech)):
             triggered.append((n + FRAME) / RATE)
             detector.reset()
     cpu = time.process_time() - started
@@ -106,7 +110,7 @@ def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15
     as in the live trials) and through one that has heard the device in this room before (every later answer).
     Decision time only: the live trials add the control message and the speaker's buffer."""
     answer = np.concatenate([speech(a) for a in ANSWERS]).astype(np.float64)
-    earlier = speech("안녕하세요. 무엇을 도와 드릴까요? 오늘은 날씨가 좋네요.").astype(np.float64)
+    earlier = earlier_answers().astype(np.float64)
     questions = [speech(q).astype(np.float64) for q in QUESTIONS]
     rows: list[dict[str, Any]] = []
     for i in range(trials):
@@ -116,7 +120,7 @@ def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15
         played = np.pad(answer[:n] * volume, (0, max(0, n - len(answer))))
         mic = echo_of(played, room) + noise(n, room, np.random.default_rng(i))
         mic[int(at * RATE):int(at * RATE) + len(question)] += question[: n - int(at * RATE)]
-        before = earlier * volume
+        before = np.concatenate([earlier * volume, np.zeros(RATE)])  # (then quiet until this answer)
         before_mic = to_int16(echo_of(before, room) + noise(len(before), room, np.random.default_rng(100 + i)))
         for warm in (False, True):
             for offset in offsets_ms:
@@ -142,6 +146,12 @@ def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15
                 str(att): summary([r for r in mine if r["attenuation_db"] == att])
                 for att in sorted({r["attenuation_db"] for r in mine})}}
     return out
+
+
+def earlier_answers() -> np.ndarray:
+    """What a device that has been on a while said before (about 20 s): its echo canceller has heard the room."""
+    return np.concatenate([speech(t) for t in ["안녕하세요. 무엇을 도와 드릴까요? 오늘은 날씨가 좋네요.",
+                                                *ANSWERS[::-1]]])
 
 
 def device_speech(minutes: float, volume: float, seed: int = 0) -> np.ndarray:
@@ -177,6 +187,32 @@ def erle_and_false(minutes: float) -> dict[str, Any]:
             "false_per_10min": round(sum(r["false_barge_ins"] for r in rows) * 600 / seconds, 2),
             "device_speech_minutes": round(seconds / 60, 1),
             "cpu_percent_per_audio_second": round(float(np.median([r["cpu_percent"] for r in rows])), 2)}
+
+
+def room_changes(seconds: float = 40.0) -> dict[str, Any]:
+    """Nobody talks, and halfway through the device's speech its echo changes under the canceller: the volume knob
+    turned up 6 dB, the device moved (another reverberation), the sound card 20 ms later (an underrun). Barge-ins
+    the device's own voice causes, before and after the change, in each room (the linear filter is put off by each
+    change until it learns the room again)."""
+    rows = []
+    for i, room in enumerate(ROOMS):
+        volume = (1.0, 0.5, 0.25, 1.0, 0.75)[i % 5]
+        played = device_speech(seconds / 60, volume, seed=i).astype(np.float64)
+        half = len(played) // 2
+        echo = echo_of(played, room)
+        for change, after in (("louder_6db", echo * 2.0),
+                              ("moved", echo_of(played, replace(room, seed=room.seed + 50))),
+                              ("later_20ms", echo_of(played, replace(room, delay_s=room.delay_s + 0.02)))):
+            mic = to_int16(np.concatenate([echo[:half], after[half:]]) + noise(len(played), room,
+                                                                             np.random.default_rng(i)))
+            aec = EchoCanceller()
+            first = offline(to_int16(played[:half]), mic[:half], aec=aec)
+            trusted = aec.linear_trusted
+            second = offline(to_int16(played[half:]), mic[half:], aec=aec, start_s=half / RATE)
+            rows.append({"attenuation_db": room.attenuation_db, "volume": volume, "change": change,
+                         "linear_trusted_before": trusted, "false_barge_ins": first.triggers + second.triggers})
+    return {"changes": len(rows), "false_barge_ins": sum(r["false_barge_ins"] for r in rows),
+            "linear_trusted_before": sum(r["linear_trusted_before"] for r in rows), "rows": rows}
 
 
 async def recognize_pcm(backend: Any, pcm: bytes) -> str:
@@ -273,12 +309,16 @@ print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss /
 def measure(broker_url: str, *, minutes: float, trials: int, vosk: Any) -> dict[str, Any]:
     """Every barge-in figure (``voicebot bench``'s ``barge_in``)."""
     quiet = erle_and_false(minutes)
-    live = latency(broker_url, trials, vosk)
+    both = latency(broker_url, trials, vosk)
+    live, first = both["warm"], both["first_answer"]
     return {"erle_db": quiet["erle_db"], "false_per_10min": quiet["false_per_10min"],
             "latency_ms": {"p50": live["p50"], "p95": live["p95"]}, "missed": live["missed"],
+            "latency_first_answer_ms": {"p50": first["p50"], "p95": first["p95"], "missed": first["missed"]},
+            "false_after_room_change": room_changes(),
             "decision_sweep_ms": decision_sweep(trials=max(5, trials)),
             "rooms": quiet["rooms"], "device_speech_minutes": quiet["device_speech_minutes"],
-            "trials": live["trials"], "transcripts": transcripts(vosk), "cost": cost()}
+            "trials": live["trials"], "first_answer_trials": first["trials"], "transcripts": transcripts(vosk),
+            "cost": cost()}
 
 
 # -- in real time -------------------------------------------------------------------------------------------------------
@@ -286,9 +326,11 @@ def measure(broker_url: str, *, minutes: float, trials: int, vosk: Any) -> dict[
 
 async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_after_s: float | None,
                      question: np.ndarray, answer: bytes, stt: Any, barge_in: bool = True,
-                     volume: float = 1.0) -> dict[str, Any]:
+                     volume: float = 1.0, warm: bool = False) -> dict[str, Any]:
     """The real player and interpreter in a live room: the player speaks ``answer`` (WAV bytes); ``person_after_s``
-    into it, a person says ``question`` over it. Returns when it stopped, the barge-in and transcript seen."""
+    into it, a person says ``question`` over it. Returns when it stopped, the barge-in and transcript seen.
+    ``warm``: the interpreter's echo canceller has heard the device in this room before (every answer but the first
+    after it starts); else this is the first answer it hears."""
     from voicebot.audio_parts import split_audio
     from voicebot.edge.interpreter import Interpreter, InterpreterSettings
     from voicebot.edge.player import Player, PlayerSettings
@@ -314,6 +356,8 @@ async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_
     interpreter = Interpreter(interp_t, topics, live.microphone, stt,
                               InterpreterSettings(barge_in=BargeInSettings(enabled=barge_in)),
                               on_transcript=lambda m: transcripts.append(m))
+    if warm and interpreter.aec is not None:
+        warm_up(interpreter.aec, room, volume)
     # The player runs on a loop (a thread) of its own, as it runs in a process of its own on a device: the
     # interpreter's work (a recognizer taking the buffered speech) never delays the speaker.
     import threading
@@ -367,6 +411,13 @@ async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_
             "transcripts": [m.text for m in transcripts if m.state == "completed"]}
 
 
+def warm_up(aec: EchoCanceller, room: RoomSettings, volume: float) -> None:
+    """``aec`` hears what the device said in ``room`` a minute ago (then quiet), offline."""
+    played = np.concatenate([earlier_answers() * volume, np.zeros(RATE)])
+    mic = to_int16(echo_of(played, room) + noise(len(played), room, np.random.default_rng(room.seed + 7)))
+    offline(to_int16(played), mic, aec=aec, start_s=time.monotonic() - 60.0 - len(played) / RATE)
+
+
 async def _wait_for(probe, within: float):
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -382,14 +433,18 @@ def latency(broker_url: str, trials: int, stt: Any) -> dict[str, Any]:
     from voicebot.cloud.tts import EspeakTts
 
     answer = EspeakTts().synthesize(" ".join(ANSWERS)).data
-    rows = []
-    for i in range(trials):
-        question = speech(QUESTIONS[i % len(QUESTIONS)])  # (onsets 1.0-3.0 s into the answer)
-        r = asyncio.run(live_trial(broker_url, f"lat-{i}", room=ROOMS[i % len(ROOMS)],
-                                   person_after_s=1.0 + (0.37 * i) % 2.0, question=question, answer=answer, stt=stt,
-                                   volume=(1.0, 0.5, 0.75)[i % 3]))
-        rows.append({k: r[k] for k in ("latency_ms", "decided_ms", "early_frames", "cut", "barge_ins",
-                                       "transcripts")})
-    values = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
-    return {"trials": rows, "p50": pct(values, 0.5), "p95": pct(values, 0.95),
-            "missed": sum(1 for r in rows if not r["cut"])}
+    out: dict[str, Any] = {}
+    for warm in (True, False):
+        rows = []
+        for i in range(trials):
+            question = speech(QUESTIONS[i % len(QUESTIONS)])  # (onsets 1.0-3.0 s into the answer)
+            r = asyncio.run(live_trial(broker_url, f"lat-{i}-{int(warm)}", room=ROOMS[i % len(ROOMS)],
+                                       person_after_s=1.0 + (0.37 * i) % 2.0, question=question, answer=answer,
+                                       stt=stt, volume=(1.0, 0.5, 0.75)[i % 3], warm=warm))
+            rows.append({"attenuation_db": ROOMS[i % len(ROOMS)].attenuation_db,
+                         **{k: r[k] for k in ("latency_ms", "decided_ms", "early_frames", "cut", "barge_ins",
+                                              "transcripts")}})
+        values = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+        out["warm" if warm else "first_answer"] = {"trials": rows, "p50": pct(values, 0.5), "p95": pct(values, 0.95),
+                                                   "missed": sum(1 for r in rows if not r["cut"])}
+    return out

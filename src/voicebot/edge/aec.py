@@ -15,14 +15,28 @@ words of an answer is not heard at all. The canceller also keeps how loud the de
 microphone's level against the far end's over the last ``ECHO_WINDOW_S``, a high percentile over the latest seconds
 of the device's speech); a frame ``PERSON_MARGIN_DB`` louder than any echo the far end can be making is the
 person's, and passes as the microphone heard it.
+
+And where the echo is as loud as the person, AEC3's suppressor leaves too little of the person's first words for the
+barge-in detector (edge/bargein.py). So the same aligned far end also goes through Speex's linear filter
+(edge/speex.py), which suppresses nothing: the detector may look at its output once the filter has shown it takes the
+device's echo down well here (``linear_trusted``: 90 % of its latest 100 loud echo frames (3 s) taken down by at
+least ``LINEAR_TRUST_DB``). Until then (its first 5-10 s of the device's speech in a room), and whenever the room
+changes under it, only AEC3's output counts.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
+
+from voicebot.edge.bargein import LinearView
+from voicebot.edge.speex import SpeexEchoCanceller, SpeexUnavailable
+
+log = logging.getLogger(__name__)
 
 RATE = 16_000
 SUB = RATE // 100  # AEC3 takes 10 ms frames
@@ -38,10 +52,24 @@ PERSON_MARGIN_DB = 10.0
 ECHO_GAIN_MIN, ECHO_GAIN_KEEP = 10, 300
 #: The device's speech (frames) AEC3 needs to learn the room after it starts: until then it lets bursts of it through.
 LEARNING_FRAMES = 67  # 2 s
+#: The linear filter is judged on frames whose echo is this loud (quieter ones are mostly the room's noise).
+LINEAR_LOUD_DBFS = -40.0
+#: ... and trusted once 90 % of them lose this much: then the person's words, which it cannot take off, stand out.
+LINEAR_TRUST_DB = 18.0
+#: The judgement is over this many such frames (3 s), leaving out the latest few (a person's onset is no echo).
+LINEAR_JUDGE_FRAMES, LINEAR_RECENT_FRAMES = 100, 10
 
 
 class EchoCancellerUnavailable(RuntimeError):
     """livekit (WebRTC audio processing) is not installed: no echo cancellation, the half-duplex guard stays."""
+
+
+def _linear() -> SpeexEchoCanceller | None:
+    try:
+        return SpeexEchoCanceller(RATE)
+    except SpeexUnavailable as exc:
+        log.warning("echo cancellation: no linear filter for barge-in (%s); AEC3's output alone decides", exc)
+        return None
 
 
 def _apm(noise_suppression: bool) -> object:
@@ -63,7 +91,7 @@ class EchoCanceller:
     with the device's own voice taken out. ``frame(pcm, captured_at)``: ``captured_at`` is the monotonic time the
     frame's first sample was captured."""
 
-    def __init__(self, *, noise_suppression: bool = False) -> None:
+    def __init__(self, *, noise_suppression: bool = False, linear: bool = True) -> None:
         from livekit import rtc
 
         self._rtc = rtc
@@ -82,6 +110,14 @@ class EchoCanceller:
         """Frames processed while the device spoke (bounded at ``LEARNING_FRAMES``)."""
         self.passed = 0
         """Frames passed as the microphone heard them (louder than any echo: the person's)."""
+        self._linear = _linear() if linear else None
+        self.linear_pcm = b""
+        self.linear_db = -120.0
+        """The latest frame after the linear filter, and its level."""
+        self.linear_corr = 0.0
+        """How much of what the linear filter left looks like its own echo estimate (normalised correlation, -1..1):
+        near 0 for a person's voice, far from 0 when the filter is off (the room changed) and leaves echo."""
+        self._linear_loss: deque[float] = deque(maxlen=LINEAR_JUDGE_FRAMES + LINEAR_RECENT_FRAMES)
 
     def reference(self, start: float, samples: np.ndarray, now: float) -> None:
         """The player plays ``samples`` from ``start`` on; no samples: nothing more plays from ``start`` on."""
@@ -132,6 +168,8 @@ class EchoCanceller:
         self.mic_db = level_db(mic)
         self.out_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
         self.far_db = self._loudest_far(captured_at, len(mic))
+        if self._linear is not None:
+            self._linear_frame(mic, far)
         if self.far_db <= FAR_ACTIVE_DB:
             return cleaned
         self.far_frames = min(LEARNING_FRAMES, self.far_frames + 1)
@@ -142,6 +180,31 @@ class EchoCanceller:
             return pcm
         self._echo_gain.append(self.mic_db - self.far_db)  # (not the person's frames: they are no echo)
         return cleaned
+
+    def _linear_frame(self, mic: np.ndarray, far: np.ndarray) -> None:
+        assert self._linear is not None
+        linear = self._linear.process(mic, far)
+        self.linear_pcm = linear.tobytes()
+        self.linear_db = level_db(linear)
+        left = linear.astype(np.float64)
+        estimate = mic[: len(linear)].astype(np.float64) - left  # (the echo the filter took off)
+        norm = math.sqrt(float(np.dot(left, left)) * float(np.dot(estimate, estimate)))
+        self.linear_corr = float(np.dot(left, estimate)) / norm if norm > 0 else 0.0
+        if self.far_db > FAR_ACTIVE_DB and self.mic_db > LINEAR_LOUD_DBFS:
+            self._linear_loss.append(self.mic_db - self.linear_db)
+
+    @property
+    def linear_trusted(self) -> bool:
+        """The linear filter takes the device's echo down well enough here for its output to tell a person."""
+        judged = list(self._linear_loss)[:-LINEAR_RECENT_FRAMES]
+        return len(judged) >= LINEAR_JUDGE_FRAMES and float(np.percentile(judged, 10)) >= LINEAR_TRUST_DB
+
+    def linear_view(self, is_speech: Callable[[bytes], bool]) -> LinearView | None:
+        """The latest frame after the linear filter, for the barge-in detector; None while the filter is not
+        trusted here."""
+        if not self.linear_trusted:
+            return None
+        return LinearView(is_speech(self.linear_pcm), self.linear_db, self.linear_corr)
 
     @property
     def learning(self) -> bool:

@@ -7,12 +7,18 @@ takes 20-40 dB off the device's own voice, but nothing off a person's. ``min_spe
 that time is a barge-in; twice as many while the canceller is still learning the room (its first seconds of the
 device's speech after it starts), when it lets bursts of the device's own voice through (3 % of first answers
 in the bench's rooms were cut by themselves without this; none with it).
+
+Where the echo at the microphone is as loud as the person, AEC3 takes the person down with it; there a frame is also
+the person's when the linear filter's output (edge/speex.py, once the canceller trusts it) is speech, loud, most of
+the frame (within ``linear_margin_db``) and unlike the echo the filter took off (|correlation| under
+``linear_max_corr``: a filter put off by a changed room leaves echo that looks like its estimate; a person does not).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: While the echo canceller learns the room, this many times the person's frames make a barge-in.
 LEARNING_FACTOR = 2
@@ -28,11 +34,24 @@ class BargeInSettings:
     min_level_dbfs: float = -40.0
     """And it is at least this loud after cancellation: the room's reverberation of the device's own words, which
     AEC3 takes least off, stays below it; a person speaking to the device is well above it."""
+    linear_margin_db: float = 10.0
+    """After the linear filter, a frame is the person's if it took off less than this (it takes 20-30 dB off the
+    device's echo once it trusts itself)."""
+    linear_max_corr: float = 0.15
+    """... and what it left is this little like its own echo estimate."""
     frame_ms: int = 30
 
     @property
     def frames(self) -> int:
         return max(1, round(self.min_speech_ms / self.frame_ms))
+
+
+class LinearView(NamedTuple):
+    """The frame after the linear echo filter (given only while the canceller trusts the filter)."""
+
+    voiced: bool
+    level_db: float
+    corr: float
 
 
 class BargeInDetector:
@@ -43,13 +62,17 @@ class BargeInDetector:
     def reset(self) -> None:
         self._recent.clear()
 
-    def person(self, voiced: bool, mic_db: float, out_db: float) -> bool:
+    def person(self, voiced: bool, mic_db: float, out_db: float, linear: LinearView | None = None) -> bool:
         s = self.settings
-        return voiced and out_db >= mic_db - s.echo_margin_db and out_db >= s.min_level_dbfs
+        if voiced and out_db >= mic_db - s.echo_margin_db and out_db >= s.min_level_dbfs:
+            return True
+        return linear is not None and linear.voiced and linear.level_db >= s.min_level_dbfs \
+            and linear.level_db >= mic_db - s.linear_margin_db and abs(linear.corr) < s.linear_max_corr
 
-    def frame(self, voiced: bool, mic_db: float, out_db: float, *, learning: bool = False) -> bool:
+    def frame(self, voiced: bool, mic_db: float, out_db: float, *, learning: bool = False,
+              linear: LinearView | None = None) -> bool:
         """One frame while the device speaks; True once the person has spoken long enough over it (``learning``:
-        the echo canceller is still learning the room)."""
-        self._recent.append(self.person(voiced, mic_db, out_db))
+        the echo canceller is still learning the room; ``linear``: the linear filter's view, when trusted)."""
+        self._recent.append(self.person(voiced, mic_db, out_db, linear))
         needed = self.settings.frames * (LEARNING_FACTOR if learning else 1)
         return sum(list(self._recent)[-2 * needed:]) >= needed

@@ -42,7 +42,15 @@ from voicebot.edge.turn import (
     letters,
 )
 from voicebot.edge.turn_model import SmartTurnModel, TurnModelUnavailable
-from voicebot.edge.vad import SpeechAudio, SpeechEnded, SpeechStarted, VadEvent, VadGate, VadSettings
+from voicebot.edge.vad import (
+    SpeechAudio,
+    SpeechEnded,
+    SpeechStarted,
+    VadEvent,
+    VadGate,
+    VadSettings,
+    webrtc_classifier,
+)
 from voicebot.messaging import Outbox, Transport, subscribe
 from voicebot.protocol import (
     QOS_AT_LEAST_ONCE,
@@ -163,6 +171,8 @@ class Interpreter:
         self.barge_ins = 0
         self.barged_in_at: float | None = None  # (monotonic) the latest barge-in: the benchmark's
         self.aec: EchoCanceller | None = None
+        # (its own VAD for the linear filter's output: a second stream through one classifier would mix their state)
+        self._linear_vad = webrtc_classifier(self.settings.vad.aggressiveness)
         self._aec_problem = ""
         self._load_aec()
         self._pending: list[bytes] | None = None  # speech over the device's voice, until it is a barge-in
@@ -429,8 +439,9 @@ class Interpreter:
             if self.aec is not None and (self._pending is not None or (duplex and self.echo_guard.speaking)):
                 # (a pending utterance stays pending until it is a person, even if the device stopped meanwhile)
                 mic_db, out_db = (self.aec.mic_db, self.aec.out_db) if duplex else (level_db(raw), level_db(raw))
+                linear = self.aec.linear_view(self._linear_vad) if duplex else None
                 self._over_the_device = self.barge.frame(self.vad.last_voiced, mic_db, out_db,
-                                                         learning=duplex and self.aec.learning)
+                                                         learning=duplex and self.aec.learning, linear=linear)
             else:
                 self.barge.reset()
                 self._over_the_device = False
