@@ -71,6 +71,11 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     sweep = b["decision_sweep_ms"]  # decided offline: the same trials, far end 1-15 ms off, cold and warm canceller
     assert all(sweep[k]["runs"] == 20 and sweep[k]["before_onset"] == 0 and sweep[k]["p50"] > 0 for k in ("cold", "warm"))
     assert set(sweep["cold"]["by_room_attenuation_db"]) == {"0.0", "3.0", "6.0", "9.0", "12.0"}
+    assert set(sweep["by_stamp_jitter_ms"]) == {"0.0", "0.5", "2.0"} and sweep["stamp_jitter_ms"] == 2.0
+    assert all(v["before_onset"] == 0 for v in sweep["by_stamp_jitter_ms"].values())
+    assert b["latency_first_answer_ms"]["p50"] is not None and all(t["cut"] for t in b["first_answer_trials"])
+    changes = b["false_after_room_change"]  # the echo changed under the canceller: never the device's own voice
+    assert changes["changes"] == 15 and changes["false_barge_ins"] == 0
 
 
 def test_the_synthetic_recognizer_shows_only_the_words_already_spoken():

@@ -37,6 +37,8 @@ ANSWERS = ["오늘 서울은 하루 종일 맑고 따뜻할 거예요. 낮 최�
            "저녁에는 바람이 조금 불 수 있어요. 외출하실 때 가벼운 겉옷을 챙기세요.",
            "내일은 구름이 많고 오후 늦게 비가 올 수 있어요. 우산을 챙기시는 게 좋겠어요."]
 QUESTIONS = ["잠깐만요 내일 날씨는 어때요", "그만하고 음악 틀어 줘", "지금 몇 시예요"]
+#: How far off its stamp each sentence is heard, either way (as the live rig's speaker has it: bench/room.py).
+STAMP_JITTER_S = 0.002
 ROOMS = [RoomSettings(delay_s=d, attenuation_db=a, seed=i) for i, (d, a) in
          enumerate([(0.01, 0.0), (0.06, 6.0), (0.15, 12.0), (0.03, 3.0), (0.1, 9.0)])]
 
@@ -74,27 +76,32 @@ class OfflineRun:
 
 def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | None = None,
             warmup_s: float = 1.0, aec: EchoCanceller | None = None, start_s: float = 0.0,
-            far_offset_s: float = 0.0) -> OfflineRun:
+            far_offset_s: float = 0.0, stamp_jitter_s: float = 0.0, seed: int = 0) -> OfflineRun:
     """``aec``: a canceller that has heard this room before (a new one if None); ``start_s``: where on its timeline
     this signal starts; ``far_offset_s``: how much earlier than its echo the far end is stamped (two processes never
-    line up to the sample)."""
+    line up to the sample); ``stamp_jitter_s``: each sentence's stamp is off by up to this much more, either way,
+    drawn anew per sentence (as the player's are)."""
     aec = aec or EchoCanceller()
     detector = BargeInDetector(settings)
     is_speech, is_linear_speech = _vad(), _vad()
+    rng = np.random.default_rng(seed)
+    references = []  # (first sample, stamp, samples): each sentence in 0.1 s chunks, as the player sends them
+    for a, b in sentences(played):
+        offset = far_offset_s + (rng.uniform(-stamp_jitter_s, stamp_jitter_s) if stamp_jitter_s else 0.0)
+        references += [(i, start_s + i / RATE - offset, played[i:min(i + 1600, b)]) for i in range(a, b, 1600)]
     next_ref, e_in, e_out, triggered = 0, 0.0, 0.0, []
     out = np.zeros(len(mic), dtype=np.int16)
     started = time.process_time()
     for n in range(0, len(mic) - FRAME + 1, FRAME):
-        while next_ref < len(played) and next_ref <= n + 3200:  # (the reference arrives ~200 ms ahead)
-            aec.reference(start_s + next_ref / RATE - far_offset_s, played[next_ref:next_ref + 1600],
-                          start_s + n / RATE)
-            next_ref += 1600
+        while next_ref < len(references) and references[next_ref][0] <= n + 3200:  # (~200 ms ahead of its echo)
+            aec.reference(references[next_ref][1], references[next_ref][2], start_s + n / RATE)
+            next_ref += 1
         cleaned = aec.frame(mic[n:n + FRAME].tobytes(), start_s + n / RATE)
         out[n:n + FRAME] = np.frombuffer(cleaned, dtype="<i2")
         if n / RATE >= warmup_s:
             e_in += float(np.sum(mic[n:n + FRAME].astype(np.float64) ** 2))
             e_out += float(np.sum(out[n:n + FRAME].astype(np.float64) ** 2))
-        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, learning=aec.learning,
+        if detector.frame(is_speech(cleaned), aec.mic_db, aec.out_db, strictness=aec.strictness,
                           linear=aec.linear_view(is_linear_speech)):
             triggered.append((n + FRAME) / RATE)
             detector.reset()
@@ -103,11 +110,25 @@ def offline(played: np.ndarray, mic: np.ndarray, *, settings: BargeInSettings | 
                       out, triggered)
 
 
-def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15)) -> dict[str, Any]:
+def sentences(played: np.ndarray, gap: int = 1600) -> list[tuple[int, int]]:
+    """Where the sentences are in what the player played: sound between at least ``gap`` samples of silence."""
+    sounding = np.flatnonzero(played != 0)
+    if not sounding.size:
+        return []
+    breaks = np.flatnonzero(np.diff(sounding) > gap)
+    starts = np.concatenate([[sounding[0]], sounding[breaks + 1]])
+    ends = np.concatenate([sounding[breaks] + 1, [sounding[-1] + 1]])
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15),
+                   jitters_ms: tuple[float, ...] = (0.0, 0.5)) -> dict[str, Any]:
     """When the barge-in is decided, offline: the live trials' rooms, volumes, onsets and questions, each replayed
     with the far end 1-15 ms off its echo (two processes never line up to the sample, and AEC3's double-talk
-    handling turns on such details), through a canceller just started (the first answer after the interpreter starts,
-    as in the live trials) and through one that has heard the device in this room before (every later answer).
+    handling turns on such details), through a canceller just started (the first answer after the interpreter starts)
+    and through one that has heard the device in this room before (every later answer); each sentence's stamp off by
+    up to ``STAMP_JITTER_S`` more or less; the warm ones again with each sentence off by up to ``jitters_ms``
+    (``by_stamp_jitter_ms``: what a player that knows its sound card's clock better would get).
     Decision time only: the live trials add the control message and the speaker's buffer."""
     answer = np.concatenate([speech(a) for a in ANSWERS]).astype(np.float64)
     earlier = earlier_answers().astype(np.float64)
@@ -122,15 +143,18 @@ def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15
         mic[int(at * RATE):int(at * RATE) + len(question)] += question[: n - int(at * RATE)]
         before = np.concatenate([earlier * volume, np.zeros(RATE)])  # (then quiet until this answer)
         before_mic = to_int16(echo_of(before, room) + noise(len(before), room, np.random.default_rng(100 + i)))
-        for warm in (False, True):
+        cases = [(False, STAMP_JITTER_S), (True, STAMP_JITTER_S)] + [(True, j / 1000) for j in jitters_ms]
+        for warm, jitter in cases:
             for offset in offsets_ms:
                 aec = EchoCanceller()
                 if warm:  # the device spoke in this room a minute ago
-                    offline(to_int16(before), before_mic, aec=aec, start_s=-60.0, far_offset_s=offset / 1000)
-                run = offline(to_int16(played), to_int16(mic), aec=aec, far_offset_s=offset / 1000)
+                    offline(to_int16(before), before_mic, aec=aec, start_s=-60.0, far_offset_s=offset / 1000,
+                            stamp_jitter_s=jitter, seed=i)
+                run = offline(to_int16(played), to_int16(mic), aec=aec, far_offset_s=offset / 1000,
+                              stamp_jitter_s=jitter, seed=100 + i)
                 decided = round((run.triggered_at_s[0] - at) * 1000, 1) if run.triggered_at_s else None
-                rows.append({"warm": warm, "attenuation_db": room.attenuation_db, "volume": volume,
-                             "offset_ms": offset, "decided_ms": decided})
+                rows.append({"warm": warm, "jitter_ms": jitter * 1000, "attenuation_db": room.attenuation_db,
+                             "volume": volume, "offset_ms": offset, "decided_ms": decided})
 
     def summary(selected: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r["decided_ms"] for r in selected if r["decided_ms"] is not None and r["decided_ms"] > 0]
@@ -138,13 +162,17 @@ def decision_sweep(trials: int = 20, offsets_ms: tuple[int, ...] = (1, 5, 10, 15
                 "before_onset": sum(1 for r in selected if r["decided_ms"] is not None and r["decided_ms"] <= 0),
                 "missed": sum(1 for r in selected if r["decided_ms"] is None)}
 
-    out: dict[str, Any] = {}
+    def by_room(selected: list[dict[str, Any]]) -> dict[str, Any]:
+        return {**summary(selected), "by_room_attenuation_db": {
+            str(att): summary([r for r in selected if r["attenuation_db"] == att])
+            for att in sorted({r["attenuation_db"] for r in selected})}}
+
+    default = STAMP_JITTER_S * 1000
+    out: dict[str, Any] = {"stamp_jitter_ms": default}
     for warm in (False, True):
-        mine = [r for r in rows if r["warm"] is warm]
-        out["warm" if warm else "cold"] = {
-            **summary(mine), "by_room_attenuation_db": {
-                str(att): summary([r for r in mine if r["attenuation_db"] == att])
-                for att in sorted({r["attenuation_db"] for r in mine})}}
+        out["warm" if warm else "cold"] = by_room([r for r in rows if r["warm"] is warm and r["jitter_ms"] == default])
+    out["by_stamp_jitter_ms"] = {str(j): by_room([r for r in rows if r["warm"] and r["jitter_ms"] == j])
+                                 for j in sorted({*jitters_ms, default})}
     return out
 
 
@@ -177,7 +205,7 @@ def erle_and_false(minutes: float) -> dict[str, Any]:
         played = device_speech(per, volume, seed=i)
         mic = to_int16(echo_of(played.astype(np.float64), room) + noise(len(played), room,
                                                                         np.random.default_rng(i)))
-        run = offline(played, mic)
+        run = offline(played, mic, stamp_jitter_s=STAMP_JITTER_S, seed=i)
         rows.append({"delay_ms": round(room.delay_s * 1000), "attenuation_db": room.attenuation_db,
                      "volume": volume, "erle_db": run.erle_db, "false_barge_ins": run.triggers,
                      "seconds": round(run.seconds, 1), "cpu_percent": round(100 * run.cpu_s / run.seconds, 2)})
@@ -206,9 +234,10 @@ def room_changes(seconds: float = 40.0) -> dict[str, Any]:
             mic = to_int16(np.concatenate([echo[:half], after[half:]]) + noise(len(played), room,
                                                                              np.random.default_rng(i)))
             aec = EchoCanceller()
-            first = offline(to_int16(played[:half]), mic[:half], aec=aec)
+            first = offline(to_int16(played[:half]), mic[:half], aec=aec, stamp_jitter_s=STAMP_JITTER_S, seed=i)
             trusted = aec.linear_trusted
-            second = offline(to_int16(played[half:]), mic[half:], aec=aec, start_s=half / RATE)
+            second = offline(to_int16(played[half:]), mic[half:], aec=aec, start_s=half / RATE,
+                             stamp_jitter_s=STAMP_JITTER_S, seed=50 + i)
             rows.append({"attenuation_db": room.attenuation_db, "volume": volume, "change": change,
                          "linear_trusted_before": trusted, "false_barge_ins": first.triggers + second.triggers})
     return {"changes": len(rows), "false_barge_ins": sum(r["false_barge_ins"] for r in rows),
@@ -415,7 +444,8 @@ def warm_up(aec: EchoCanceller, room: RoomSettings, volume: float) -> None:
     """``aec`` hears what the device said in ``room`` a minute ago (then quiet), offline."""
     played = np.concatenate([earlier_answers() * volume, np.zeros(RATE)])
     mic = to_int16(echo_of(played, room) + noise(len(played), room, np.random.default_rng(room.seed + 7)))
-    offline(to_int16(played), mic, aec=aec, start_s=time.monotonic() - 60.0 - len(played) / RATE)
+    offline(to_int16(played), mic, aec=aec, start_s=time.monotonic() - 60.0 - len(played) / RATE,
+            stamp_jitter_s=STAMP_JITTER_S, seed=room.seed)
 
 
 async def _wait_for(probe, within: float):

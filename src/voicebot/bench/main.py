@@ -293,7 +293,9 @@ def table(r: dict[str, Any]) -> str:
             row("  decided, offline, p50 / p95 (ms): canceller just started / warm",
                 f"{b['decision_sweep_ms']['cold']['p50']} / {b['decision_sweep_ms']['cold']['p95']}, "
                 f"{b['decision_sweep_ms']['warm']['p50']} / {b['decision_sweep_ms']['warm']['p95']}",
-                "far end 1-15 ms off"),
+                f"far end 1-15 ms off, each sentence ±{b['decision_sweep_ms']['stamp_jitter_ms']} ms more"),
+            row("  ... warm, by each sentence's stamp error (ms): p95",
+                ", ".join(f"±{j}: {v['p95']}" for j, v in b["decision_sweep_ms"]["by_stamp_jitter_ms"].items())),
             row("  Vosk words kept, question over the answer vs quiet (%)", b["transcripts"]["words_kept_pct"],
                 f"the same question again in the quiet: {b['transcripts']['words_kept_again_pct']}"),
             row("  echo canceller: RSS added (MB) / CPU per s of audio (%)",

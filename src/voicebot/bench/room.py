@@ -119,16 +119,20 @@ class RoomSink:
     process (written just in time, a late block left holes in the echo that no real speaker makes)."""
 
     latency_s = 0.03
+    #: Each sentence starts up to this much off the moment the player stamps (a sound card's buffer position is
+    #: known to about a millisecond or two, not to the sample), drawn anew per sentence.
+    jitter_s = 0.002  # (bench/bargein.py's STAMP_JITTER_S offline)
 
     def __init__(self, live: LiveRoom) -> None:
         self.live = live
+        self._rng = np.random.default_rng(live.room.seed + 11)
         self.sample_rate = RATE
         self.seconds_played = 0.0
         self.playing = False
 
     async def play(self, samples: np.ndarray) -> None:
         loop = asyncio.get_running_loop()
-        start = loop.time() + self.latency_s  # when the first sample is heard
+        start = loop.time() + self.latency_s + self._rng.uniform(-self.jitter_s, self.jitter_s)  # first sample heard
         step = RATE // 50
         self.playing = True
         try:

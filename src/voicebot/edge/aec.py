@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from voicebot.edge.bargein import LinearView
+from voicebot.edge.bargein import LEARNING_FACTOR, SETTLING_FACTOR, LinearView
 from voicebot.edge.speex import SpeexEchoCanceller, SpeexUnavailable
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,33 @@ LEARNING_FRAMES = 67  # 2 s
 #: The linear filter is judged on frames whose echo is this loud (quieter ones are mostly the room's noise).
 LINEAR_LOUD_DBFS = -40.0
 #: ... and trusted once 90 % of them lose this much: then the person's words, which it cannot take off, stand out.
-LINEAR_TRUST_DB = 18.0
+LINEAR_TRUST_DB = 12.0
 #: The judgement is over this many such frames (3 s), leaving out the latest few (a person's onset is no echo).
 LINEAR_JUDGE_FRAMES, LINEAR_RECENT_FRAMES = 100, 10
+#: Each sentence's far end is realigned for the linear filter over its first frames of sound (240 ms), searching
+#: this far either way (6 ms), if the filter has learnt an echo path (its median loss at least ``LINEAR_LEARNT_DB``)
+#: and the path it learnt explains the held microphone frames (all but ``REALIGN_FIT_DB`` of them, at the shift found).
+REALIGN_FRAMES, REALIGN_SEARCH, LINEAR_LEARNT_DB, REALIGN_FIT_DB = 8, 96, 8.0, 6.0
+#: ... and a sentence with no sound in its first ``REALIGN_MAX_FRAMES`` frames keeps the previous alignment.
+REALIGN_MAX_FRAMES = 30
+#: Half the length of the fractional-delay filter the linear filter's far end goes through.
+FRACTION_TAPS = 16
+#: The start of each sentence during which a barge-in on AEC3's output needs the most of the person.
+SETTLE_S = 1.0
+#: Microphone frames are laid out back to back (their stamps jitter with the event loop) unless a stamp is this far
+#: off (frames were skipped or dropped).
+MIC_JITTER_S = 0.004
 
 
 class EchoCancellerUnavailable(RuntimeError):
     """livekit (WebRTC audio processing) is not installed: no echo cancellation, the half-duplex guard stays."""
+
+
+def _fractional_delay(fraction: float) -> np.ndarray:
+    """A windowed-sinc filter that delays by ``fraction`` of a sample (|fraction| <= 0.5) besides its own
+    ``FRACTION_TAPS``."""
+    k = np.arange(2 * FRACTION_TAPS + 1) - FRACTION_TAPS
+    return np.sinc(k - fraction) * np.hanning(2 * FRACTION_TAPS + 3)[1:-1]
 
 
 def _linear() -> SpeexEchoCanceller | None:
@@ -118,12 +138,25 @@ class EchoCanceller:
         """How much of what the linear filter left looks like its own echo estimate (normalised correlation, -1..1):
         near 0 for a person's voice, far from 0 when the filter is off (the room changed) and leaves echo."""
         self._linear_loss: deque[float] = deque(maxlen=LINEAR_JUDGE_FRAMES + LINEAR_RECENT_FRAMES)
+        self.linear_shift = 0.0
+        """Samples by which the linear filter's far end is later than its stamps (realigned at each sentence, to a
+        fraction of a sample: half a sample off costs 10 dB of its cancellation)."""
+        self._fraction = _fractional_delay(0.0)
+        self._sentence_at: float | None = None  # a sentence starting here is still to be realigned
+        self._held: list[tuple[np.ndarray, float, float, float]] = []  # its first frames: mic, time, far dB, mic dB
+        self._chunk_end = float("-inf")
+        self._next_mic_at: float | None = None
+        self._sentence_started = float("-inf")  # (stamp of the latest sentence's first sample)
+        self._last_at = float("-inf")  # (the latest microphone frame's time)
 
     def reference(self, start: float, samples: np.ndarray, now: float) -> None:
         """The player plays ``samples`` from ``start`` on; no samples: nothing more plays from ``start`` on."""
         if not len(samples):
             self._cut(start)
             return
+        if abs(start - self._chunk_end) > 0.5 / RATE:  # not the continuation of what played: a new sentence
+            self._sentence_at = self._sentence_started = start
+        self._chunk_end = start + len(samples) / RATE
         self._chunks.append((start, samples.astype(np.int16, copy=False)))
         self.far_until = max(self.far_until, start + len(samples) / RATE)
         while self._chunks and self._chunks[0][0] + len(self._chunks[0][1]) / RATE < now - KEEP_S:
@@ -156,6 +189,7 @@ class EchoCanceller:
 
     def frame(self, pcm: bytes, captured_at: float) -> bytes:
         mic = np.frombuffer(pcm, dtype="<i2")
+        captured_at = self._last_at = self._back_to_back(captured_at, len(mic))
         far = self._far(captured_at, len(mic))
         out = bytearray()
         for i in range(0, len(mic) - SUB + 1, SUB):
@@ -169,7 +203,7 @@ class EchoCanceller:
         self.out_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
         self.far_db = self._loudest_far(captured_at, len(mic))
         if self._linear is not None:
-            self._linear_frame(mic, far)
+            self._linear_frame(mic, captured_at)
         if self.far_db <= FAR_ACTIVE_DB:
             return cleaned
         self.far_frames = min(LEARNING_FRAMES, self.far_frames + 1)
@@ -181,17 +215,79 @@ class EchoCanceller:
         self._echo_gain.append(self.mic_db - self.far_db)  # (not the person's frames: they are no echo)
         return cleaned
 
-    def _linear_frame(self, mic: np.ndarray, far: np.ndarray) -> None:
+    def _back_to_back(self, captured_at: float, n: int) -> float:
+        """The frame's time on a sample-exact timeline: right after the previous frame, unless its stamp says a
+        gap (a far end laid out by jittery stamps would jump back and forth under the echo filters)."""
+        expected, self._next_mic_at = self._next_mic_at, None
+        if expected is not None and abs(captured_at - expected) < MIC_JITTER_S:
+            captured_at = expected
+        self._next_mic_at = captured_at + n / RATE
+        return captured_at
+
+    def _linear_frame(self, mic: np.ndarray, captured_at: float) -> None:
+        """The frame through the linear filter; a new sentence's first frames are held until its far end is
+        realigned (then run through at once)."""
+        at = self._sentence_at
+        if at is not None and captured_at + len(mic) / RATE > at:
+            if not self._learnt():
+                self._sentence_at = None  # (nothing learnt to align to: the filter learns this sentence as it is)
+            else:
+                self._held.append((mic, captured_at, self.far_db, self.mic_db))
+                sounding = sum(1 for _, _, far_db, _ in self._held if far_db > FAR_ACTIVE_DB)
+                if sounding < REALIGN_FRAMES and len(self._held) < REALIGN_MAX_FRAMES:
+                    self.linear_pcm, self.linear_db, self.linear_corr = b"", -120.0, 0.0
+                    return
+                if sounding >= REALIGN_FRAMES:
+                    self._realign()
+                held, self._held, self._sentence_at = self._held, [], None
+                for frame, t, far_db, mic_db in held:
+                    self._linear_run(frame, t, far_db, mic_db)
+                return
+        self._linear_run(mic, captured_at, self.far_db, self.mic_db)
+
+    def _linear_run(self, mic: np.ndarray, captured_at: float, far_db: float, mic_db: float) -> None:
         assert self._linear is not None
-        linear = self._linear.process(mic, far)
+        whole, k = round(self.linear_shift), FRACTION_TAPS
+        far = np.convolve(self._far(captured_at - (whole + k) / RATE, len(mic) + 2 * k), self._fraction, "valid")
+        linear = self._linear.process(mic, np.clip(np.round(far), -32768, 32767).astype(np.int16))
         self.linear_pcm = linear.tobytes()
         self.linear_db = level_db(linear)
         left = linear.astype(np.float64)
         estimate = mic[: len(linear)].astype(np.float64) - left  # (the echo the filter took off)
         norm = math.sqrt(float(np.dot(left, left)) * float(np.dot(estimate, estimate)))
         self.linear_corr = float(np.dot(left, estimate)) / norm if norm > 0 else 0.0
-        if self.far_db > FAR_ACTIVE_DB and self.mic_db > LINEAR_LOUD_DBFS:
-            self._linear_loss.append(self.mic_db - self.linear_db)
+        if far_db > FAR_ACTIVE_DB and mic_db > LINEAR_LOUD_DBFS:
+            self._linear_loss.append(mic_db - self.linear_db)
+
+    def _learnt(self) -> bool:
+        return len(self._linear_loss) >= 30 and float(np.median(self._linear_loss)) >= LINEAR_LEARNT_DB
+
+    def _realign(self) -> None:
+        """Find how much later (or earlier) than its stamp this sentence's echo comes, against the echo path the
+        filter has learnt: the shift whose predicted echo best matches the held microphone frames."""
+        assert self._linear is not None
+        h = self._linear.impulse_response()
+        start = self._held[0][1]
+        mic = np.concatenate([m for m, _, _, _ in self._held]).astype(np.float64)
+        n, taps, search = len(mic), len(h), REALIGN_SEARCH
+        whole = round(self.linear_shift)
+        far = self._far(start - (taps + search + whole) / RATE, taps + n + 2 * search)
+        size = 1 << (len(far) + taps).bit_length()
+        echo = np.fft.irfft(np.fft.rfft(far.astype(np.float64), size) * np.fft.rfft(h, size), size)
+        scores = np.zeros(2 * search + 1)
+        for j, d in enumerate(range(-search, search + 1)):
+            predicted = echo[taps + search - d: taps + search - d + n]
+            power = float(np.dot(predicted, predicted))
+            scores[j] = float(np.dot(mic, predicted)) ** 2 / power if power > 0 else 0.0  # (mic energy it explains)
+        j = int(np.argmax(scores))
+        unexplained = max(float(np.dot(mic, mic)) - scores[j], 1e-9)
+        # (not at the edge of the search, and a clear fit: else the filter learns the sentence as it comes)
+        if 0 < j < 2 * search and 10 * math.log10(float(np.dot(mic, mic)) / unexplained) >= REALIGN_FIT_DB:
+            below, at, above = scores[j - 1], scores[j], scores[j + 1]
+            curve = below - 2 * at + above
+            fraction = float(np.clip(0.5 * (below - above) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+            self.linear_shift = whole + (j - search) + fraction  # (the peak between the samples: a parabola)
+            self._fraction = _fractional_delay(self.linear_shift - round(self.linear_shift))
 
     @property
     def linear_trusted(self) -> bool:
@@ -202,7 +298,7 @@ class EchoCanceller:
     def linear_view(self, is_speech: Callable[[bytes], bool]) -> LinearView | None:
         """The latest frame after the linear filter, for the barge-in detector; None while the filter is not
         trusted here."""
-        if not self.linear_trusted:
+        if not self.linear_trusted or not self.linear_pcm:  # (no output while a sentence's start is realigned)
             return None
         return LinearView(is_speech(self.linear_pcm), self.linear_db, self.linear_corr)
 
@@ -210,6 +306,15 @@ class EchoCanceller:
     def learning(self) -> bool:
         """Still learning the room: less than ``LEARNING_FRAMES`` of the device's speech since it started."""
         return self.far_frames < LEARNING_FRAMES
+
+    @property
+    def strictness(self) -> int:
+        """How many times the person's frames a barge-in on AEC3's output needs now: more while it learns the room,
+        most in the first ``SETTLE_S`` of a sentence (heard a little off its stamp: AEC3 lets bursts of the device's
+        voice through while it finds the echo again)."""
+        if self._last_at - self._sentence_started < SETTLE_S:
+            return SETTLING_FACTOR
+        return LEARNING_FACTOR if self.learning else 1
 
     @property
     def echo_gain_db(self) -> float | None:

@@ -6,7 +6,9 @@ signal speech and cancellation left most of the frame (within ``echo_margin_db``
 takes 20-40 dB off the device's own voice, but nothing off a person's. ``min_speech_ms`` of such frames within twice
 that time is a barge-in; twice as many while the canceller is still learning the room (its first seconds of the
 device's speech after it starts), when it lets bursts of the device's own voice through (3 % of first answers
-in the bench's rooms were cut by themselves without this; none with it).
+in the bench's rooms were cut by themselves without this; none with it), and three times as many in the first second
+of each sentence (the player's stamps are a little off, differently for each sentence, and AEC3 lets bursts through
+while it finds the echo again).
 
 Where the echo at the microphone is as loud as the person, AEC3 takes the person down with it; there a frame is also
 the person's when the linear filter's output (edge/speex.py, once the canceller trusts it) is speech, loud, most of
@@ -20,8 +22,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
 
-#: While the echo canceller learns the room, this many times the person's frames make a barge-in.
+#: While the echo canceller learns the room, this many times the person's frames make a barge-in (AEC3's verdicts).
 LEARNING_FACTOR = 2
+#: ... and this many in the first second of each sentence (heard a little off its stamp, its echo found again).
+SETTLING_FACTOR = 3
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class BargeInSettings:
     min_level_dbfs: float = -40.0
     """And it is at least this loud after cancellation: the room's reverberation of the device's own words, which
     AEC3 takes least off, stays below it; a person speaking to the device is well above it."""
-    linear_margin_db: float = 10.0
+    linear_margin_db: float = 6.0
     """After the linear filter, a frame is the person's if it took off less than this (it takes 20-30 dB off the
     device's echo once it trusts itself)."""
     linear_max_corr: float = 0.15
@@ -57,22 +61,32 @@ class LinearView(NamedTuple):
 class BargeInDetector:
     def __init__(self, settings: BargeInSettings | None = None) -> None:
         self.settings = settings or BargeInSettings()
-        self._recent: deque[bool] = deque(maxlen=2 * LEARNING_FACTOR * self.settings.frames)
+        self._recent: deque[int] = deque(maxlen=2 * SETTLING_FACTOR * self.settings.frames)  # (votes)
 
     def reset(self) -> None:
         self._recent.clear()
 
     def person(self, voiced: bool, mic_db: float, out_db: float, linear: LinearView | None = None) -> bool:
+        return self._aec3_person(voiced, mic_db, out_db) or self._linear_person(mic_db, linear)
+
+    def _aec3_person(self, voiced: bool, mic_db: float, out_db: float) -> bool:
         s = self.settings
-        if voiced and out_db >= mic_db - s.echo_margin_db and out_db >= s.min_level_dbfs:
-            return True
+        return voiced and out_db >= mic_db - s.echo_margin_db and out_db >= s.min_level_dbfs
+
+    def _linear_person(self, mic_db: float, linear: LinearView | None) -> bool:
+        s = self.settings
         return linear is not None and linear.voiced and linear.level_db >= s.min_level_dbfs \
             and linear.level_db >= mic_db - s.linear_margin_db and abs(linear.corr) < s.linear_max_corr
 
-    def frame(self, voiced: bool, mic_db: float, out_db: float, *, learning: bool = False,
+    def frame(self, voiced: bool, mic_db: float, out_db: float, *, strictness: int = 1,
               linear: LinearView | None = None) -> bool:
-        """One frame while the device speaks; True once the person has spoken long enough over it (``learning``:
-        the echo canceller is still learning the room; ``linear``: the linear filter's view, when trusted)."""
-        self._recent.append(self.person(voiced, mic_db, out_db, linear))
-        needed = self.settings.frames * (LEARNING_FACTOR if learning else 1)
+        """One frame while the device speaks; True once the person has spoken long enough over it. ``strictness``:
+        how many times the frames AEC3's verdicts need now (the canceller's ``strictness``: learning the room, a
+        sentence's echo being found again); the linear filter's verdicts (``linear``: its view, when trusted),
+        realigned and judged, count as much as ever."""
+        if self._linear_person(mic_db, linear):
+            self._recent.append(strictness)
+        else:
+            self._recent.append(int(self._aec3_person(voiced, mic_db, out_db)))
+        needed = self.settings.frames * strictness
         return sum(list(self._recent)[-2 * needed:]) >= needed

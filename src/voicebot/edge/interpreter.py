@@ -441,7 +441,7 @@ class Interpreter:
                 mic_db, out_db = (self.aec.mic_db, self.aec.out_db) if duplex else (level_db(raw), level_db(raw))
                 linear = self.aec.linear_view(self._linear_vad) if duplex else None
                 self._over_the_device = self.barge.frame(self.vad.last_voiced, mic_db, out_db,
-                                                         learning=duplex and self.aec.learning, linear=linear)
+                                                         strictness=self.aec.strictness if duplex else 1, linear=linear)
             else:
                 self.barge.reset()
                 self._over_the_device = False

@@ -325,7 +325,8 @@ class Player:
         if samples.size and report:
             self._emit("playing", sentence.request_id, sentence.seq, last=sentence.last)
         latency = float(getattr(self.sink, "latency_s", 0.0))
-        self.reference.sentence(time.monotonic() + latency, samples)
+        send_rest = self.reference.sentence(time.monotonic() + latency, samples)
+        asyncio.get_running_loop().call_soon(send_rest)  # (runs once playback has started)
         try:
             await self.sink.play(samples)
         except asyncio.CancelledError:
