@@ -51,7 +51,7 @@ lint: venv
 GDK_SOURCE ?= $(abspath $(firstword $(wildcard ../shared/tools/gdk-cli-1.6.2)))
 test: EXTRA_APT_PACKAGES = $(TEST_APT_PACKAGES)
 test: system-deps venv lint
-	@echo "== running the whole test suite (about 9 minutes on 2 cores; \`make test-fast\`: the unit tests only)"
+	@echo "== running the whole test suite (about 11 minutes on 2 cores; \`make test-fast\`: the unit tests only)"
 	$(if $(GDK_SOURCE),GDK_SOURCE=$(GDK_SOURCE)) $(BIN)/pytest -q
 
 ## The unit tests without the real-process end-to-end ones (marked slow): under a minute.

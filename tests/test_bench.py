@@ -18,6 +18,7 @@ from voicebot.sentences import SentenceSplitter
 pytestmark = pytest.mark.slow  # real processes end to end: `make test`, not `make test-fast`
 
 
+@pytest.mark.timeout(400)  # (every phase, the barge-in one with live trials warm and cold: about 3-4 minutes)
 def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     proc = subprocess.run(
@@ -26,7 +27,7 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
          "--eos-turns", "2", "--skip-eos-vosk", "--stt-lags-ms", "0,800", "--barge-in-minutes", "0.5",
          "--barge-in-trials", "2",
          "--json", str(out), "--plot", str(png)],
-        capture_output=True, text=True, timeout=180, check=False)
+        capture_output=True, text=True, timeout=380, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "bench:" in proc.stderr and "left" in proc.stderr  # the progress bar, on stderr
     r = json.loads(out.read_text())
