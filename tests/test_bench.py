@@ -77,6 +77,7 @@ def test_bench_small_run_writes_every_figure_and_a_plot(tmp_path):
     assert b["latency_first_answer_ms"]["p50"] is not None and all(t["cut"] for t in b["first_answer_trials"])
     changes = b["false_after_room_change"]  # the echo changed under the canceller: never the device's own voice
     assert changes["changes"] == 15 and changes["false_barge_ins"] == 0
+    assert changes["linear_trusted_before"] >= 5  # (else the 0 says nothing about the linear filter's view)
 
 
 def test_the_synthetic_recognizer_shows_only_the_words_already_spoken():

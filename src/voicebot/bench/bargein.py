@@ -43,6 +43,10 @@ ROOMS = [RoomSettings(delay_s=d, attenuation_db=a, seed=i) for i, (d, a) in
          enumerate([(0.01, 0.0), (0.06, 6.0), (0.15, 12.0), (0.03, 3.0), (0.1, 9.0)])]
 
 
+#: The device's volume in each room while nobody talks.
+VOLUMES = (1.0, 0.5, 0.25, 1.0, 0.75)
+
+
 def speech(text: str) -> np.ndarray:
     import soundfile as sf
 
@@ -201,7 +205,7 @@ def erle_and_false(minutes: float) -> dict[str, Any]:
     rows = []
     per = minutes / len(ROOMS)
     for i, room in enumerate(ROOMS):
-        volume = (1.0, 0.5, 0.25, 1.0, 0.75)[i % 5]
+        volume = VOLUMES[i]
         played = device_speech(per, volume, seed=i)
         mic = to_int16(echo_of(played.astype(np.float64), room) + noise(len(played), room,
                                                                         np.random.default_rng(i)))
@@ -217,29 +221,42 @@ def erle_and_false(minutes: float) -> dict[str, Any]:
             "cpu_percent_per_audio_second": round(float(np.median([r["cpu_percent"] for r in rows])), 2)}
 
 
+ROOM_CHANGES = ("louder_6db", "moved", "later_20ms")
+
+
+def changed_room(i: int, change: str, seconds: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """``seconds`` of the device's speech in room ``i`` (at that room's volume) and what the microphone hears, its
+    echo changed halfway through (``ROOM_CHANGES``): the volume knob turned up 6 dB, the device moved (another
+    reverberation), the sound card 20 ms later (an underrun)."""
+    room, volume = ROOMS[i], VOLUMES[i]
+    played = device_speech(seconds / 60, volume, seed=i).astype(np.float64)
+    half = len(played) // 2
+    echo = echo_of(played, room)
+    after = {"louder_6db": lambda: echo * 2.0,
+             "moved": lambda: echo_of(played, replace(room, seed=room.seed + 50)),
+             "later_20ms": lambda: echo_of(played, replace(room, delay_s=room.delay_s + 0.02))}[change]()
+    mic = to_int16(np.concatenate([echo[:half], after[half:]]) + noise(len(played), room, np.random.default_rng(i)))
+    return to_int16(played), mic
+
+
 def room_changes(seconds: float = 40.0) -> dict[str, Any]:
-    """Nobody talks, and halfway through the device's speech its echo changes under the canceller: the volume knob
-    turned up 6 dB, the device moved (another reverberation), the sound card 20 ms later (an underrun). Barge-ins
-    the device's own voice causes, before and after the change, in each room (the linear filter is put off by each
-    change until it learns the room again)."""
+    """Nobody talks, and halfway through the device's speech its echo changes under the canceller
+    (``changed_room``). Barge-ins the device's own voice causes, before and after the change, in each room, and
+    whether the linear filter was trusted when the room changed under it (then it leaves the device's echo for a
+    second or so, and only the detector's checks keep it from cutting the answer)."""
     rows = []
     for i, room in enumerate(ROOMS):
-        volume = (1.0, 0.5, 0.25, 1.0, 0.75)[i % 5]
-        played = device_speech(seconds / 60, volume, seed=i).astype(np.float64)
-        half = len(played) // 2
-        echo = echo_of(played, room)
-        for change, after in (("louder_6db", echo * 2.0),
-                              ("moved", echo_of(played, replace(room, seed=room.seed + 50))),
-                              ("later_20ms", echo_of(played, replace(room, delay_s=room.delay_s + 0.02)))):
-            mic = to_int16(np.concatenate([echo[:half], after[half:]]) + noise(len(played), room,
-                                                                             np.random.default_rng(i)))
+        for change in ROOM_CHANGES:
+            played, mic = changed_room(i, change, seconds)
+            half = len(played) // 2
             aec = EchoCanceller()
-            first = offline(to_int16(played[:half]), mic[:half], aec=aec, stamp_jitter_s=STAMP_JITTER_S, seed=i)
+            first = offline(played[:half], mic[:half], aec=aec, stamp_jitter_s=STAMP_JITTER_S, seed=i)
             trusted = aec.linear_trusted
-            second = offline(to_int16(played[half:]), mic[half:], aec=aec, start_s=half / RATE,
+            second = offline(played[half:], mic[half:], aec=aec, start_s=half / RATE,
                              stamp_jitter_s=STAMP_JITTER_S, seed=50 + i)
-            rows.append({"attenuation_db": room.attenuation_db, "volume": volume, "change": change,
-                         "linear_trusted_before": trusted, "false_barge_ins": first.triggers + second.triggers})
+            rows.append({"attenuation_db": room.attenuation_db, "volume": VOLUMES[i],
+                         "change": change, "linear_trusted_before": trusted,
+                         "false_barge_ins": first.triggers + second.triggers})
     return {"changes": len(rows), "false_barge_ins": sum(r["false_barge_ins"] for r in rows),
             "linear_trusted_before": sum(r["linear_trusted_before"] for r in rows), "rows": rows}
 

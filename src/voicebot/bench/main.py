@@ -289,7 +289,7 @@ def table(r: dict[str, Any]) -> str:
                 "canceller still learning the room"),
             row("  false barge-ins after the echo changed (volume, position, delay)",
                 f"{b['false_after_room_change']['false_barge_ins']} of {b['false_after_room_change']['changes']}",
-                "target 0"),
+                f"target 0; linear filter trusted at {b['false_after_room_change']['linear_trusted_before']}"),
             row("  decided, offline, p50 / p95 (ms): canceller just started / warm",
                 f"{b['decision_sweep_ms']['cold']['p50']} / {b['decision_sweep_ms']['cold']['p95']}, "
                 f"{b['decision_sweep_ms']['warm']['p50']} / {b['decision_sweep_ms']['warm']['p95']}",

@@ -19,7 +19,7 @@ person's, and passes as the microphone heard it.
 And where the echo is as loud as the person, AEC3's suppressor leaves too little of the person's first words for the
 barge-in detector (edge/bargein.py). So the same aligned far end also goes through Speex's linear filter
 (edge/speex.py), which suppresses nothing: the detector may look at its output once the filter has shown it takes the
-device's echo down well here (``linear_trusted``: 90 % of its latest 100 loud echo frames (3 s) taken down by at
+device's echo down well here (``linear_trusted``: 80 % of its latest 100 loud echo frames (3 s) taken down by at
 least ``LINEAR_TRUST_DB``). Until then (its first 5-10 s of the device's speech in a room), and whenever the room
 changes under it, only AEC3's output counts.
 """
@@ -54,14 +54,17 @@ ECHO_GAIN_MIN, ECHO_GAIN_KEEP = 10, 300
 LEARNING_FRAMES = 67  # 2 s
 #: The linear filter is judged on frames whose echo is this loud (quieter ones are mostly the room's noise).
 LINEAR_LOUD_DBFS = -40.0
-#: ... and trusted once 90 % of them lose this much: then the person's words, which it cannot take off, stand out.
-LINEAR_TRUST_DB = 12.0
+#: ... and trusted once ``LINEAR_TRUST_SHARE`` of them lose ``LINEAR_TRUST_DB``: then the person's words, which it
+#: cannot take off, stand out (at 90 %, a few badly cancelled frames took the trust away for seconds at a time, and
+#: with it a person's first words; a room that changes under the filter is caught by the detector, edge/bargein.py).
+LINEAR_TRUST_SHARE, LINEAR_TRUST_DB = 0.8, 12.0
 #: The judgement is over this many such frames (3 s), leaving out the latest few (a person's onset is no echo).
 LINEAR_JUDGE_FRAMES, LINEAR_RECENT_FRAMES = 100, 10
 #: Each sentence's far end is realigned for the linear filter over its first frames of sound (240 ms), searching
-#: this far either way (6 ms), if the filter has learnt an echo path (its median loss at least ``LINEAR_LEARNT_DB``)
-#: and the path it learnt explains the held microphone frames (all but ``REALIGN_FIT_DB`` of them, at the shift found).
-REALIGN_FRAMES, REALIGN_SEARCH, LINEAR_LEARNT_DB, REALIGN_FIT_DB = 8, 96, 8.0, 6.0
+#: this far either way (6 ms), once the filter has adapted on ``REALIGN_AFTER`` loud echo frames (even roughly: with
+#: each sentence heard a little off its stamp, it learns the room only if it is realigned from the start) and where
+#: the path it has learnt explains the held microphone frames (all but ``REALIGN_FIT_DB`` of them, at the shift found).
+REALIGN_FRAMES, REALIGN_SEARCH, REALIGN_AFTER, REALIGN_FIT_DB = 8, 96, 30, 6.0
 #: ... and a sentence with no sound in its first ``REALIGN_MAX_FRAMES`` frames keeps the previous alignment.
 REALIGN_MAX_FRAMES = 30
 #: Half the length of the fractional-delay filter the linear filter's far end goes through.
@@ -126,6 +129,7 @@ class EchoCanceller:
         self.far_db = -120.0
         """The loudest 10 ms of the far end whose echo can be in the latest frame."""
         self._echo_gain: deque[float] = deque(maxlen=ECHO_GAIN_KEEP)  # microphone minus far end, device speaking
+        self._out_levels: deque[float] = deque(maxlen=ECHO_GAIN_KEEP)  # AEC3's output level, device speaking
         self.far_frames = 0
         """Frames processed while the device spoke (bounded at ``LEARNING_FRAMES``)."""
         self.passed = 0
@@ -207,6 +211,7 @@ class EchoCanceller:
         if self.far_db <= FAR_ACTIVE_DB:
             return cleaned
         self.far_frames = min(LEARNING_FRAMES, self.far_frames + 1)
+        self._out_levels.append(self.out_db)
         gain = self.echo_gain_db
         if gain is not None and self.mic_db >= self.far_db + gain + PERSON_MARGIN_DB:
             self.passed += 1  # AEC3 would have taken the person down with an echo that cannot be this loud
@@ -260,7 +265,7 @@ class EchoCanceller:
             self._linear_loss.append(mic_db - self.linear_db)
 
     def _learnt(self) -> bool:
-        return len(self._linear_loss) >= 30 and float(np.median(self._linear_loss)) >= LINEAR_LEARNT_DB
+        return len(self._linear_loss) >= REALIGN_AFTER
 
     def _realign(self) -> None:
         """Find how much later (or earlier) than its stamp this sentence's echo comes, against the echo path the
@@ -293,14 +298,15 @@ class EchoCanceller:
     def linear_trusted(self) -> bool:
         """The linear filter takes the device's echo down well enough here for its output to tell a person."""
         judged = list(self._linear_loss)[:-LINEAR_RECENT_FRAMES]
-        return len(judged) >= LINEAR_JUDGE_FRAMES and float(np.percentile(judged, 10)) >= LINEAR_TRUST_DB
+        return len(judged) >= LINEAR_JUDGE_FRAMES \
+            and float(np.percentile(judged, 100 * (1 - LINEAR_TRUST_SHARE))) >= LINEAR_TRUST_DB
 
     def linear_view(self, is_speech: Callable[[bytes], bool]) -> LinearView | None:
         """The latest frame after the linear filter, for the barge-in detector; None while the filter is not
         trusted here."""
         if not self.linear_trusted or not self.linear_pcm:  # (no output while a sentence's start is realigned)
             return None
-        return LinearView(is_speech(self.linear_pcm), self.linear_db, self.linear_corr)
+        return LinearView(is_speech(self.linear_pcm), self.linear_db, self.linear_corr, self.out_floor_db)
 
     @property
     def learning(self) -> bool:
@@ -323,6 +329,12 @@ class EchoCanceller:
         if len(self._echo_gain) < ECHO_GAIN_MIN:
             return None
         return float(np.percentile(self._echo_gain, 90))
+
+    @property
+    def out_floor_db(self) -> float:
+        """The level AEC3 takes the device's echo down to here (its output's 10th percentile while the device
+        speaks: the room's noise, mostly)."""
+        return float(np.percentile(self._out_levels, 10)) if self._out_levels else -120.0
 
     def _loudest_far(self, captured_at: float, n: int) -> float:
         window = round(ECHO_WINDOW_S * RATE)

@@ -14,6 +14,10 @@ Where the echo at the microphone is as loud as the person, AEC3 takes the person
 the person's when the linear filter's output (edge/speex.py, once the canceller trusts it) is speech, loud, most of
 the frame (within ``linear_margin_db``) and unlike the echo the filter took off (|correlation| under
 ``linear_max_corr``: a filter put off by a changed room leaves echo that looks like its estimate; a person does not).
+Frame by frame that look is noisy while the filter re-learns, so the linear filter's verdicts count only once AEC3
+has let something of them through (a frame ``linear_aec3_over_floor_db`` above the level it takes the device's echo
+down to): AEC3 re-learns a changed room within a few frames and takes all of the device's voice off, while of a
+person talking over the device it lets some frames through (in the bench's loudest room, half of them).
 """
 
 from __future__ import annotations
@@ -42,7 +46,11 @@ class BargeInSettings:
     """After the linear filter, a frame is the person's if it took off less than this (it takes 20-30 dB off the
     device's echo once it trusts itself)."""
     linear_max_corr: float = 0.15
-    """... and what it left is this little like its own echo estimate."""
+    """... and what it left is this little like its own echo estimate ..."""
+    linear_aec3_over_floor_db: float = 6.0
+    """... and AEC3 has not taken the frame down to where it takes the device's echo (this much above that): after
+    the room changes under the linear filter, what it leaves of the device's voice looks like a person for a second,
+    while AEC3, which re-learns fast, takes it all off."""
     frame_ms: int = 30
 
     @property
@@ -56,12 +64,15 @@ class LinearView(NamedTuple):
     voiced: bool
     level_db: float
     corr: float
+    aec3_floor_db: float = -120.0
+    """The level AEC3 takes the device's echo down to here."""
 
 
 class BargeInDetector:
     def __init__(self, settings: BargeInSettings | None = None) -> None:
         self.settings = settings or BargeInSettings()
-        self._recent: deque[int] = deque(maxlen=2 * SETTLING_FACTOR * self.settings.frames)  # (votes)
+        # (each frame: the linear filter's vote, AEC3's vote, whether AEC3 let through something of its person)
+        self._recent: deque[tuple[int, int, bool]] = deque(maxlen=2 * SETTLING_FACTOR * self.settings.frames)
 
     def reset(self) -> None:
         self._recent.clear()
@@ -83,10 +94,12 @@ class BargeInDetector:
         """One frame while the device speaks; True once the person has spoken long enough over it. ``strictness``:
         how many times the frames AEC3's verdicts need now (the canceller's ``strictness``: learning the room, a
         sentence's echo being found again); the linear filter's verdicts (``linear``: its view, when trusted),
-        realigned and judged, count as much as ever."""
-        if self._linear_person(mic_db, linear):
-            self._recent.append(strictness)
-        else:
-            self._recent.append(int(self._aec3_person(voiced, mic_db, out_db)))
-        needed = self.settings.frames * strictness
-        return sum(list(self._recent)[-2 * needed:]) >= needed
+        realigned and judged, count as much as ever, once AEC3 too has let something of them through."""
+        s = self.settings
+        by_linear = self._linear_person(mic_db, linear)
+        heard = by_linear and linear is not None and out_db >= linear.aec3_floor_db + s.linear_aec3_over_floor_db
+        self._recent.append((strictness if by_linear else 0, int(self._aec3_person(voiced, mic_db, out_db)), heard))
+        needed = s.frames * strictness
+        window = list(self._recent)[-2 * needed:]
+        linear_counts = any(h for _, _, h in window)
+        return sum(max(lin if linear_counts else 0, aec3) for lin, aec3, _ in window) >= needed
