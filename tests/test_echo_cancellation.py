@@ -12,7 +12,7 @@ import pytest
 from voicebot.bench import bargein
 from voicebot.bench.room import RoomSettings, echo_of, noise, to_int16
 from voicebot.edge import aec as aec_module
-from voicebot.edge.aec import EchoCanceller, level_db
+from voicebot.edge.aec import EchoCanceller, LinearEchoFilter, level_db
 from voicebot.edge.bargein import BargeInDetector, BargeInSettings, LinearView
 from voicebot.edge.interpreter import Interpreter, InterpreterSettings
 from voicebot.edge.reference import ReferencePublisher
@@ -292,7 +292,7 @@ def test_with_every_sentence_off_its_stamp_from_the_start_the_linear_filter_stil
         monkeypatch.setattr(aec_module, "REALIGN_AFTER", realign_after)
         aec = EchoCanceller()
         bargein.offline(played, mic, aec=aec, stamp_jitter_s=bargein.STAMP_JITTER_S)
-        median_loss[realign_after] = float(np.median(list(aec._linear_loss)))
+        median_loss[realign_after] = float(np.median(list(aec.linear.loss)))
     assert median_loss[default] >= 15.0 and median_loss[10 ** 9] < 8.0, median_loss
 
 
@@ -336,10 +336,10 @@ def test_each_sentence_heard_a_little_off_its_stamp_is_realigned_for_the_linear_
         return aec
 
     def loss(aec: EchoCanceller) -> float:
-        return float(np.median(list(aec._linear_loss)[-60:]))
+        return float(np.median(list(aec.linear.loss)[-60:]))
 
     on_time, late = heard(0.0), heard(0.0013)
-    assert late.linear_shift - on_time.linear_shift == pytest.approx(20.8, abs=0.5)
+    assert late.linear.shift - on_time.linear.shift == pytest.approx(20.8, abs=0.5)
     assert loss(late) > 20
-    monkeypatch.setattr(EchoCanceller, "_realign", lambda self: None)
+    monkeypatch.setattr(LinearEchoFilter, "_realign", lambda self: None)
     assert loss(heard(0.0013)) < 12

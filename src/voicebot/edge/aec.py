@@ -134,20 +134,9 @@ class EchoCanceller:
         """Frames processed while the device spoke (bounded at ``LEARNING_FRAMES``)."""
         self.passed = 0
         """Frames passed as the microphone heard them (louder than any echo: the person's)."""
-        self._linear = _linear() if linear else None
-        self.linear_pcm = b""
-        self.linear_db = -120.0
-        """The latest frame after the linear filter, and its level."""
-        self.linear_corr = 0.0
-        """How much of what the linear filter left looks like its own echo estimate (normalised correlation, -1..1):
-        near 0 for a person's voice, far from 0 when the filter is off (the room changed) and leaves echo."""
-        self._linear_loss: deque[float] = deque(maxlen=LINEAR_JUDGE_FRAMES + LINEAR_RECENT_FRAMES)
-        self.linear_shift = 0.0
-        """Samples by which the linear filter's far end is later than its stamps (realigned at each sentence, to a
-        fraction of a sample: half a sample off costs 10 dB of its cancellation)."""
-        self._fraction = _fractional_delay(0.0)
-        self._sentence_at: float | None = None  # a sentence starting here is still to be realigned
-        self._held: list[tuple[np.ndarray, float, float, float]] = []  # its first frames: mic, time, far dB, mic dB
+        speex = _linear() if linear else None
+        self.linear = LinearEchoFilter(speex, self._far) if speex is not None else None
+        """Speex's linear filter beside AEC3, for the barge-in detector (None without libspeexdsp)."""
         self._chunk_end = float("-inf")
         self._next_mic_at: float | None = None
         self._sentence_started = float("-inf")  # (stamp of the latest sentence's first sample)
@@ -159,7 +148,9 @@ class EchoCanceller:
             self._cut(start)
             return
         if abs(start - self._chunk_end) > 0.5 / RATE:  # not the continuation of what played: a new sentence
-            self._sentence_at = self._sentence_started = start
+            self._sentence_started = start
+            if self.linear is not None:
+                self.linear.sentence_starts(start)
         self._chunk_end = start + len(samples) / RATE
         self._chunks.append((start, samples.astype(np.int16, copy=False)))
         self.far_until = max(self.far_until, start + len(samples) / RATE)
@@ -206,8 +197,8 @@ class EchoCanceller:
         self.mic_db = level_db(mic)
         self.out_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
         self.far_db = self._loudest_far(captured_at, len(mic))
-        if self._linear is not None:
-            self._linear_frame(mic, captured_at)
+        if self.linear is not None:
+            self.linear.frame(mic, captured_at, self.far_db, self.mic_db)
         if self.far_db <= FAR_ACTIVE_DB:
             return cleaned
         self.far_frames = min(LEARNING_FRAMES, self.far_frames + 1)
@@ -229,84 +220,18 @@ class EchoCanceller:
         self._next_mic_at = captured_at + n / RATE
         return captured_at
 
-    def _linear_frame(self, mic: np.ndarray, captured_at: float) -> None:
-        """The frame through the linear filter; a new sentence's first frames are held until its far end is
-        realigned (then run through at once)."""
-        at = self._sentence_at
-        if at is not None and captured_at + len(mic) / RATE > at:
-            if not self._learnt():
-                self._sentence_at = None  # (nothing learnt to align to: the filter learns this sentence as it is)
-            else:
-                self._held.append((mic, captured_at, self.far_db, self.mic_db))
-                sounding = sum(1 for _, _, far_db, _ in self._held if far_db > FAR_ACTIVE_DB)
-                if sounding < REALIGN_FRAMES and len(self._held) < REALIGN_MAX_FRAMES:
-                    self.linear_pcm, self.linear_db, self.linear_corr = b"", -120.0, 0.0
-                    return
-                if sounding >= REALIGN_FRAMES:
-                    self._realign()
-                held, self._held, self._sentence_at = self._held, [], None
-                for frame, t, far_db, mic_db in held:
-                    self._linear_run(frame, t, far_db, mic_db)
-                return
-        self._linear_run(mic, captured_at, self.far_db, self.mic_db)
-
-    def _linear_run(self, mic: np.ndarray, captured_at: float, far_db: float, mic_db: float) -> None:
-        assert self._linear is not None
-        whole, k = round(self.linear_shift), FRACTION_TAPS
-        far = np.convolve(self._far(captured_at - (whole + k) / RATE, len(mic) + 2 * k), self._fraction, "valid")
-        linear = self._linear.process(mic, np.clip(np.round(far), -32768, 32767).astype(np.int16))
-        self.linear_pcm = linear.tobytes()
-        self.linear_db = level_db(linear)
-        left = linear.astype(np.float64)
-        estimate = mic[: len(linear)].astype(np.float64) - left  # (the echo the filter took off)
-        norm = math.sqrt(float(np.dot(left, left)) * float(np.dot(estimate, estimate)))
-        self.linear_corr = float(np.dot(left, estimate)) / norm if norm > 0 else 0.0
-        if far_db > FAR_ACTIVE_DB and mic_db > LINEAR_LOUD_DBFS:
-            self._linear_loss.append(mic_db - self.linear_db)
-
-    def _learnt(self) -> bool:
-        return len(self._linear_loss) >= REALIGN_AFTER
-
-    def _realign(self) -> None:
-        """Find how much later (or earlier) than its stamp this sentence's echo comes, against the echo path the
-        filter has learnt: the shift whose predicted echo best matches the held microphone frames."""
-        assert self._linear is not None
-        h = self._linear.impulse_response()
-        start = self._held[0][1]
-        mic = np.concatenate([m for m, _, _, _ in self._held]).astype(np.float64)
-        n, taps, search = len(mic), len(h), REALIGN_SEARCH
-        whole = round(self.linear_shift)
-        far = self._far(start - (taps + search + whole) / RATE, taps + n + 2 * search)
-        size = 1 << (len(far) + taps).bit_length()
-        echo = np.fft.irfft(np.fft.rfft(far.astype(np.float64), size) * np.fft.rfft(h, size), size)
-        scores = np.zeros(2 * search + 1)
-        for j, d in enumerate(range(-search, search + 1)):
-            predicted = echo[taps + search - d: taps + search - d + n]
-            power = float(np.dot(predicted, predicted))
-            scores[j] = float(np.dot(mic, predicted)) ** 2 / power if power > 0 else 0.0  # (mic energy it explains)
-        j = int(np.argmax(scores))
-        unexplained = max(float(np.dot(mic, mic)) - scores[j], 1e-9)
-        # (not at the edge of the search, and a clear fit: else the filter learns the sentence as it comes)
-        if 0 < j < 2 * search and 10 * math.log10(float(np.dot(mic, mic)) / unexplained) >= REALIGN_FIT_DB:
-            below, at, above = scores[j - 1], scores[j], scores[j + 1]
-            curve = below - 2 * at + above
-            fraction = float(np.clip(0.5 * (below - above) / curve, -0.5, 0.5)) if curve < 0 else 0.0
-            self.linear_shift = whole + (j - search) + fraction  # (the peak between the samples: a parabola)
-            self._fraction = _fractional_delay(self.linear_shift - round(self.linear_shift))
-
     @property
     def linear_trusted(self) -> bool:
         """The linear filter takes the device's echo down well enough here for its output to tell a person."""
-        judged = list(self._linear_loss)[:-LINEAR_RECENT_FRAMES]
-        return len(judged) >= LINEAR_JUDGE_FRAMES \
-            and float(np.percentile(judged, 100 * (1 - LINEAR_TRUST_SHARE))) >= LINEAR_TRUST_DB
+        return self.linear is not None and self.linear.trusted
 
     def linear_view(self, is_speech: Callable[[bytes], bool]) -> LinearView | None:
         """The latest frame after the linear filter, for the barge-in detector; None while the filter is not
         trusted here."""
-        if not self.linear_trusted or not self.linear_pcm:  # (no output while a sentence's start is realigned)
+        f = self.linear
+        if f is None or not f.trusted or not f.pcm:  # (no output while a sentence's start is realigned)
             return None
-        return LinearView(is_speech(self.linear_pcm), self.linear_db, self.linear_corr, self.out_floor_db)
+        return LinearView(is_speech(f.pcm), f.level_db, f.corr, self.out_floor_db)
 
     @property
     def learning(self) -> bool:
@@ -341,3 +266,102 @@ class EchoCanceller:
         far = self._far(captured_at + n / RATE - ECHO_WINDOW_S, window).astype(np.float64) / 32768.0
         power = np.mean((far[: window // SUB * SUB].reshape(-1, SUB)) ** 2, axis=1)
         return 10 * math.log10(float(power.max()) + 1e-12)
+
+
+class LinearEchoFilter:
+    """Speex's linear filter beside AEC3, for the barge-in detector only: the same far end, realigned at each
+    sentence to a fraction of a sample from the echo path it has learnt; how much it takes off the device's echo here
+    (``trusted``); and how much of what it leaves looks like its own echo estimate (``corr``). ``far(start, n)``: the
+    far end on the microphone's timeline (the canceller's)."""
+
+    def __init__(self, speex: SpeexEchoCanceller, far: Callable[[float, int], np.ndarray]) -> None:
+        self._speex = speex
+        self._far = far
+        self.pcm = b""
+        self.level_db = -120.0
+        """The latest frame after the filter, and its level."""
+        self.corr = 0.0
+        """How much of what it left looks like its own echo estimate (normalised correlation, -1..1): near 0 for a
+        person's voice, far from 0 when the filter is off (the room changed) and leaves echo."""
+        self.loss: deque[float] = deque(maxlen=LINEAR_JUDGE_FRAMES + LINEAR_RECENT_FRAMES)
+        """What it took off each of the latest loud frames of the device's echo (dB)."""
+        self.shift = 0.0
+        """Samples by which its far end is later than its stamps (realigned at each sentence, to a fraction of a
+        sample: half a sample off costs 10 dB of its cancellation)."""
+        self._fraction = _fractional_delay(0.0)
+        self._sentence_at: float | None = None  # a sentence starting here is still to be realigned
+        self._held: list[tuple[np.ndarray, float, float, float]] = []  # its first frames: mic, time, far dB, mic dB
+
+    def sentence_starts(self, at: float) -> None:
+        """A sentence is heard from ``at`` on: its first frames are held back until its far end is realigned."""
+        self._sentence_at = at
+
+    def frame(self, mic: np.ndarray, captured_at: float, far_db: float, mic_db: float) -> None:
+        """The frame through the linear filter; a new sentence's first frames are held until its far end is
+        realigned (then run through at once)."""
+        at = self._sentence_at
+        if at is not None and captured_at + len(mic) / RATE > at:
+            if not self._learnt():
+                self._sentence_at = None  # (nothing learnt to align to: the filter learns this sentence as it is)
+            else:
+                self._held.append((mic, captured_at, far_db, mic_db))
+                sounding = sum(1 for held in self._held if held[2] > FAR_ACTIVE_DB)
+                if sounding < REALIGN_FRAMES and len(self._held) < REALIGN_MAX_FRAMES:
+                    self.pcm, self.level_db, self.corr = b"", -120.0, 0.0
+                    return
+                if sounding >= REALIGN_FRAMES:
+                    self._realign()
+                held, self._held, self._sentence_at = self._held, [], None
+                for args in held:
+                    self._run(*args)
+                return
+        self._run(mic, captured_at, far_db, mic_db)
+
+    def _run(self, mic: np.ndarray, captured_at: float, far_db: float, mic_db: float) -> None:
+        whole, k = round(self.shift), FRACTION_TAPS
+        far = np.convolve(self._far(captured_at - (whole + k) / RATE, len(mic) + 2 * k), self._fraction, "valid")
+        linear = self._speex.process(mic, np.clip(np.round(far), -32768, 32767).astype(np.int16))
+        self.pcm = linear.tobytes()
+        self.level_db = level_db(linear)
+        left = linear.astype(np.float64)
+        estimate = mic[: len(linear)].astype(np.float64) - left  # (the echo the filter took off)
+        norm = math.sqrt(float(np.dot(left, left)) * float(np.dot(estimate, estimate)))
+        self.corr = float(np.dot(left, estimate)) / norm if norm > 0 else 0.0
+        if far_db > FAR_ACTIVE_DB and mic_db > LINEAR_LOUD_DBFS:
+            self.loss.append(mic_db - self.level_db)
+
+    def _learnt(self) -> bool:
+        return len(self.loss) >= REALIGN_AFTER
+
+    def _realign(self) -> None:
+        """Find how much later (or earlier) than its stamp this sentence's echo comes, against the echo path the
+        filter has learnt: the shift whose predicted echo best matches the held microphone frames."""
+        h = self._speex.impulse_response()
+        start = self._held[0][1]
+        mic = np.concatenate([m for m, _, _, _ in self._held]).astype(np.float64)
+        n, taps, search = len(mic), len(h), REALIGN_SEARCH
+        whole = round(self.shift)
+        far = self._far(start - (taps + search + whole) / RATE, taps + n + 2 * search)
+        size = 1 << (len(far) + taps).bit_length()
+        echo = np.fft.irfft(np.fft.rfft(far.astype(np.float64), size) * np.fft.rfft(h, size), size)
+        scores = np.zeros(2 * search + 1)
+        for j, d in enumerate(range(-search, search + 1)):
+            predicted = echo[taps + search - d: taps + search - d + n]
+            power = float(np.dot(predicted, predicted))
+            scores[j] = float(np.dot(mic, predicted)) ** 2 / power if power > 0 else 0.0  # (mic energy it explains)
+        j = int(np.argmax(scores))
+        unexplained = max(float(np.dot(mic, mic)) - scores[j], 1e-9)
+        # (not at the edge of the search, and a clear fit: else the filter learns the sentence as it comes)
+        if 0 < j < 2 * search and 10 * math.log10(float(np.dot(mic, mic)) / unexplained) >= REALIGN_FIT_DB:
+            below, at, above = scores[j - 1], scores[j], scores[j + 1]
+            curve = below - 2 * at + above
+            fraction = float(np.clip(0.5 * (below - above) / curve, -0.5, 0.5)) if curve < 0 else 0.0
+            self.shift = whole + (j - search) + fraction  # (the peak between the samples: a parabola)
+            self._fraction = _fractional_delay(self.shift - round(self.shift))
+
+    @property
+    def trusted(self) -> bool:
+        """It takes the device's echo down well enough here for its output to tell a person."""
+        judged = list(self.loss)[:-LINEAR_RECENT_FRAMES]
+        return len(judged) >= LINEAR_JUDGE_FRAMES \
+            and float(np.percentile(judged, 100 * (1 - LINEAR_TRUST_SHARE))) >= LINEAR_TRUST_DB
