@@ -277,9 +277,11 @@ async def recognize_pcm(backend: Any, pcm: bytes) -> str:
 
 def transcripts(vosk: Any, *, stop_after_ms: float = 300.0) -> dict[str, Any]:
     """Each of the bench's questions in a quiet room, and spoken over the device's answer (which a barge-in stops
-    ``stop_after_ms`` after the person started, as it does live), after echo cancellation: what Vosk hears, and how
-    many of the words it heard in the quiet it hears over the answer. And the ceiling: how many it keeps when the
-    same question is said again in the same quiet room with other noise (Vosk's small model on espeak-ng)."""
+    ``stop_after_ms`` after the person started, as it does live), after echo cancellation by a canceller that has
+    heard the device in this room before (as every answer but the first after a start): what Vosk hears, and how
+    many of the words it heard in the quiet it hears over the answer (the same room noise in both). And the ceiling:
+    how many it keeps when the same question is said again in the same quiet room with other noise (Vosk's small
+    model on espeak-ng)."""
     from voicebot.bench.endofspeech import QUESTIONS as BENCH_QUESTIONS
 
     room = RoomSettings(delay_s=0.06, attenuation_db=3.0)
@@ -291,11 +293,14 @@ def transcripts(vosk: Any, *, stop_after_ms: float = 300.0) -> dict[str, Any]:
         n = max(len(played), lead + len(person)) + RATE
         played = np.concatenate([played, np.zeros(n - len(played), dtype=np.int16)])
         played[lead + int(stop_after_ms * RATE / 1000):] = 0  # the barge-in stopped it
-        over = echo_of(played.astype(np.float64), room) + noise(n, room, np.random.default_rng(i))
+        room_noise = noise(n, room, np.random.default_rng(i))
+        over = echo_of(played.astype(np.float64), room) + room_noise
         over[lead:lead + len(person)] += person
-        cleaned = offline(played, to_int16(over)).cleaned[lead - RATE // 4: lead + len(person) + RATE // 2]
-        quiet = to_int16(np.concatenate([np.zeros(RATE // 4), person, np.zeros(RATE // 2)])
-                         + noise(len(person) + 3 * RATE // 4, room, np.random.default_rng(10 + i)))
+        aec = EchoCanceller()
+        warm_up(aec, room, 1.0, start_s=-60.0)
+        heard = slice(lead - RATE // 4, lead + len(person) + RATE // 2)
+        cleaned = offline(played, to_int16(over), aec=aec).cleaned[heard]
+        quiet = to_int16(np.concatenate([np.zeros(RATE // 4), person, np.zeros(RATE // 2)]) + room_noise[heard])
         again = to_int16(np.concatenate([np.zeros(RATE // 4), person, np.zeros(RATE // 2)])
                          + noise(len(person) + 3 * RATE // 4, room, np.random.default_rng(50 + i)))
         heard_quiet = asyncio.run(recognize_pcm(vosk, quiet.tobytes()))
@@ -457,12 +462,13 @@ async def live_trial(broker_url: str, thing: str, *, room: RoomSettings, person_
             "transcripts": [m.text for m in transcripts if m.state == "completed"]}
 
 
-def warm_up(aec: EchoCanceller, room: RoomSettings, volume: float) -> None:
-    """``aec`` hears what the device said in ``room`` a minute ago (then quiet), offline."""
+def warm_up(aec: EchoCanceller, room: RoomSettings, volume: float, start_s: float | None = None) -> None:
+    """``aec`` hears what the device said in ``room`` a minute ago (then quiet), offline; ``start_s``: where that
+    starts on its timeline (a minute before now on the monotonic clock if None)."""
     played = np.concatenate([earlier_answers() * volume, np.zeros(RATE)])
     mic = to_int16(echo_of(played, room) + noise(len(played), room, np.random.default_rng(room.seed + 7)))
-    offline(to_int16(played), mic, aec=aec, start_s=time.monotonic() - 60.0 - len(played) / RATE,
-            stamp_jitter_s=STAMP_JITTER_S, seed=room.seed)
+    start = time.monotonic() - 60.0 - len(played) / RATE if start_s is None else start_s - len(played) / RATE
+    offline(to_int16(played), mic, aec=aec, start_s=start, stamp_jitter_s=STAMP_JITTER_S, seed=room.seed)
 
 
 async def _wait_for(probe, within: float):
