@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import Recorder
 from tests.speech_fixtures import frames_of, silence, spoken
+from voicebot.bench import bargein
+from voicebot.bench.room import RoomSettings
 from voicebot.cloud.history import SqliteHistory
 from voicebot.cloud.llm import LoopbackChatModel
 from voicebot.cloud.tts import EspeakTts
@@ -140,12 +142,8 @@ def warm_up(interpreter: Interpreter) -> None:
     """The device has spoken in this room before, as any device has but in its first second: its echo canceller
     knows the room (here: the microphone does not hear the speaker at all). A canceller still learning it takes a
     person's voice down with the echo it fears; README "Full duplex" gives that first second's figures."""
-    answer = np.clip(spoken("안녕하세요. 무엇을 도와 드릴까요?") * 32767, -32768, 32767).astype(np.int16)
-    room = np.random.default_rng(5).normal(0, 33, len(answer)).astype(np.int16)
-    start = time.monotonic() - 30.0  # long over: the interpreter is half-duplex until the next answer
-    interpreter.aec.reference(start, answer, start)
-    for k in range(0, len(answer) - 480 + 1, 480):
-        interpreter.aec.frame(room[k:k + 480].tobytes(), start + k / 16_000)
+    # (long over: the interpreter is half-duplex until the next answer)
+    bargein.warm_up(interpreter.aec, RoomSettings(attenuation_db=120.0), 1.0, start_s=time.monotonic() - 30.0)
 
 
 def converse(broker, connect, topics, tmp_path, recognizer, frames, script: Script, ttft_s: float, *,
