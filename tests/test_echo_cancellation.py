@@ -256,10 +256,10 @@ def test_a_linear_filter_put_off_by_a_changed_room_counts_only_where_aec3_lets_s
     talking over the device gets something past AEC3 within the first frames (in the bench's loudest room, half of
     them); the linear filter's verdicts count once AEC3 let something of them through."""
     d = BargeInDetector()
-    view = LinearView(voiced=True, level_db=-22.0, corr=0.05, aec3_floor_db=-62.0)
+    view = LinearView(voiced=True, level_db=-22.0, corr=0.05, aec3_db=-60.0, aec3_floor_db=-62.0)
     assert not any(d.frame(False, -20.0, -60.0, linear=view) for _ in range(40))  # AEC3 at its floor throughout
     d.reset()
-    fired = [d.frame(False, -20.0, -45.0 if i == 1 else -60.0, linear=view) for i in range(8)]
+    fired = [d.frame(False, -20.0, -60.0, linear=view._replace(aec3_db=-45.0) if i == 1 else view) for i in range(8)]
     assert fired.index(True) == d.settings.frames - 1, fired  # (the frames before it count too)
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
 from tests.conftest import Recorder
 from voicebot.local.broker import MosquittoBroker, free_port
-from voicebot.messaging import ConnectionSettings, Mqtt5Transport, Outbox
+from voicebot.messaging import ConnectionSettings, Mqtt5Transport, Outbox, handoff_to_loop
 
 
 def test_reconnect_resubscribes_and_sends_what_was_queued_while_down():
@@ -88,3 +89,14 @@ def test_the_same_client_id_twice_stops_the_older_client_instead_of_a_reconnect_
     finally:
         first.close()
         second.close()
+
+
+def test_a_message_arriving_after_its_components_loop_stopped_is_dropped_without_an_error(caplog):
+    """A component shutting down: its loop has closed while the MQTT client's thread still delivers. The message has
+    nobody left to go to; it is dropped quietly, not logged as a failed handler with a traceback."""
+    loop = asyncio.new_event_loop()
+    handler = handoff_to_loop(loop, asyncio.Queue())
+    loop.close()
+    with caplog.at_level(logging.DEBUG, logger="voicebot.messaging"):
+        handler("voicebot/local/dev1/control", b"{}")  # (raised RuntimeError: Event loop is closed)
+    assert "after its loop stopped" in caplog.text

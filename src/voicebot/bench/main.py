@@ -290,6 +290,9 @@ def table(r: dict[str, Any]) -> str:
             row("  false barge-ins after the echo changed (volume, position, delay)",
                 f"{b['false_after_room_change']['false_barge_ins']} of {b['false_after_room_change']['changes']}",
                 f"target 0; linear filter trusted at {b['false_after_room_change']['linear_trusted_before']}"),
+            row("  ... after a harsh change (volume +12 dB, moved and +6 dB)",
+                f"{b['false_after_harsh_room_change']['false_barge_ins']} of "
+                f"{b['false_after_harsh_room_change']['changes']}", "beyond what AEC3 follows"),
             row("  decided, offline, p50 / p95 (ms): canceller just started / warm",
                 f"{b['decision_sweep_ms']['cold']['p50']} / {b['decision_sweep_ms']['cold']['p95']}, "
                 f"{b['decision_sweep_ms']['warm']['p50']} / {b['decision_sweep_ms']['warm']['p95']}",

@@ -126,6 +126,8 @@ class EchoCanceller:
         self.mic_db = -120.0
         self.out_db = -120.0
         """The latest frame's level before and after cancellation (how much of it was echo)."""
+        self.aec3_db = -120.0
+        """... and what AEC3 itself left of it (``out_db`` is the microphone's level where the frame passes as heard)."""
         self.far_db = -120.0
         """The loudest 10 ms of the far end whose echo can be in the latest frame."""
         self._echo_gain: deque[float] = deque(maxlen=ECHO_GAIN_KEEP)  # microphone minus far end, device speaking
@@ -195,7 +197,7 @@ class EchoCanceller:
             out += bytes(near.data.cast("B"))
         cleaned = bytes(out)
         self.mic_db = level_db(mic)
-        self.out_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
+        self.out_db = self.aec3_db = level_db(np.frombuffer(cleaned, dtype="<i2"))
         self.far_db = self._loudest_far(captured_at, len(mic))
         if self.linear is not None:
             self.linear.frame(mic, captured_at, self.far_db, self.mic_db)
@@ -231,7 +233,7 @@ class EchoCanceller:
         f = self.linear
         if f is None or not f.trusted or not f.pcm:  # (no output while a sentence's start is realigned)
             return None
-        return LinearView(is_speech(f.pcm), f.level_db, f.corr, self.out_floor_db)
+        return LinearView(is_speech(f.pcm), f.level_db, f.corr, self.aec3_db, self.out_floor_db)
 
     @property
     def learning(self) -> bool:

@@ -64,8 +64,10 @@ class LinearView(NamedTuple):
     voiced: bool
     level_db: float
     corr: float
+    aec3_db: float = -120.0
+    """What AEC3 left of the same frame ..."""
     aec3_floor_db: float = -120.0
-    """The level AEC3 takes the device's echo down to here."""
+    """... and the level it takes the device's echo down to here."""
 
 
 class BargeInDetector:
@@ -97,7 +99,7 @@ class BargeInDetector:
         realigned and judged, count as much as ever, once AEC3 too has let something of them through."""
         s = self.settings
         by_linear = self._linear_person(mic_db, linear)
-        heard = by_linear and linear is not None and out_db >= linear.aec3_floor_db + s.linear_aec3_over_floor_db
+        heard = by_linear and linear is not None and linear.aec3_db >= linear.aec3_floor_db + s.linear_aec3_over_floor_db
         self._recent.append((strictness if by_linear else 0, int(self._aec3_person(voiced, mic_db, out_db)), heard))
         needed = s.frames * strictness
         window = list(self._recent)[-2 * needed:]

@@ -60,7 +60,10 @@ def handoff_to_loop(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[
     """A transport callback that only hands the message to the asyncio loop (SDK threads must not do the work)."""
 
     def handler(topic: str, payload: bytes) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, (topic, payload))
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (topic, payload))
+        except RuntimeError:  # (its loop has stopped: the component is shutting down and nobody is left to take it)
+            log.debug("message on %s after its loop stopped: dropped", topic)
 
     return handler
 
