@@ -186,7 +186,7 @@ def test_a_canceller_still_learning_the_room_never_lets_the_devices_first_words_
 
 def test_the_linear_filters_view_makes_a_person_only_when_it_left_most_of_the_frame_and_no_echo():
     d = BargeInDetector()
-    person = LinearView(voiced=True, level_db=-22.0, corr=0.05)
+    person = LinearView(voiced=True, level_db=-22.0, corr=0.05, aec3_db=-55.0, aec3_floor_db=-62.0)
     assert d.person(False, -20.0, -55.0, person)  # AEC3 took the person down; the linear filter did not
     assert not d.person(False, -20.0, -55.0, None)  # (not trusted here: AEC3's output alone)
     assert not d.person(False, -20.0, -55.0, person._replace(corr=0.6))  # echo like its own estimate: a room change

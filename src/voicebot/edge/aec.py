@@ -303,8 +303,8 @@ class LinearEchoFilter:
         realigned (then run through at once)."""
         at = self._sentence_at
         if at is not None and captured_at + len(mic) / RATE > at:
-            if not self._learnt():
-                self._sentence_at = None  # (nothing learnt to align to: the filter learns this sentence as it is)
+            if not self._has_adapted():
+                self._sentence_at = None  # (nothing to align to yet: the filter learns this sentence as it is)
             else:
                 self._held.append((mic, captured_at, far_db, mic_db))
                 sounding = sum(1 for held in self._held if held[2] > FAR_ACTIVE_DB)
@@ -332,7 +332,8 @@ class LinearEchoFilter:
         if far_db > FAR_ACTIVE_DB and mic_db > LINEAR_LOUD_DBFS:
             self.loss.append(mic_db - self.level_db)
 
-    def _learnt(self) -> bool:
+    def _has_adapted(self) -> bool:
+        """It has adapted on enough loud echo to have an echo path to realign against (roughly is enough)."""
         return len(self.loss) >= REALIGN_AFTER
 
     def _realign(self) -> None:

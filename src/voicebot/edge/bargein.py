@@ -64,9 +64,9 @@ class LinearView(NamedTuple):
     voiced: bool
     level_db: float
     corr: float
-    aec3_db: float = -120.0
+    aec3_db: float
     """What AEC3 left of the same frame ..."""
-    aec3_floor_db: float = -120.0
+    aec3_floor_db: float
     """... and the level it takes the device's echo down to here."""
 
 
@@ -80,6 +80,8 @@ class BargeInDetector:
         self._recent.clear()
 
     def person(self, voiced: bool, mic_db: float, out_db: float, linear: LinearView | None = None) -> bool:
+        """One frame's verdict, AEC3's or the linear filter's; ``frame`` adds how many are needed and, for the linear
+        filter's, that AEC3 let something of them through."""
         return self._aec3_person(voiced, mic_db, out_db) or self._linear_person(mic_db, linear)
 
     def _aec3_person(self, voiced: bool, mic_db: float, out_db: float) -> bool:
@@ -99,7 +101,7 @@ class BargeInDetector:
         realigned and judged, count as much as ever, once AEC3 too has let something of them through."""
         s = self.settings
         by_linear = self._linear_person(mic_db, linear)
-        heard = by_linear and linear is not None and linear.aec3_db >= linear.aec3_floor_db + s.linear_aec3_over_floor_db
+        heard = linear is not None and by_linear and linear.aec3_db >= linear.aec3_floor_db + s.linear_aec3_over_floor_db
         self._recent.append((strictness if by_linear else 0, int(self._aec3_person(voiced, mic_db, out_db)), heard))
         needed = s.frames * strictness
         window = list(self._recent)[-2 * needed:]
