@@ -1,11 +1,10 @@
 """The player's side of echo cancellation: what the speaker is about to play goes to the interpreter first.
 
-The echo canceller must have the far end before its echo reaches the microphone. So when a sentence starts, the
-player sends all of it at once (the first chunk just before playback, the rest just after), at 16 kHz in chunks of at
-most 0.25 s on the device-local ``reference`` topic, each stamped with the monotonic time its first sample will be
-heard (now, plus the output's own buffer). When playback is
-cut (a barge-in, a newer answer, the stop word), a chunk without samples says from when nothing more plays, so the
-canceller does not go on expecting an echo that never comes.
+The echo canceller must have the far end before its echo reaches the microphone. So when a sentence starts, the player
+sends all of it at once (the first chunk just before playback, the rest just after), at 16 kHz in chunks of at most
+0.25 s on the device-local ``reference`` topic, each stamped with the monotonic time its first sample will be heard
+(now, plus the output's own buffer). When playback is cut (a barge-in, a newer answer, the stop word), a chunk without
+samples says from when nothing more plays, so the canceller does not go on expecting an echo that never comes.
 """
 
 from __future__ import annotations
